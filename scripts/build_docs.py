@@ -1,0 +1,75 @@
+"""Build the documentation site offline, in pure Python: `python scripts/build_docs.py`.
+
+Quarto (what `nbdev-docs` renders with) cannot be installed on machines without its binary download, so this
+renders the same nbdev-processed notebooks with smalldocs into `_docs/` (sidebar, API reference, search).
+With Quarto installed, `nbdev-docs` works on the same `nbs/` unchanged.
+
+Notebook outputs come from `_build/executed/` (written by the notebook tests); a notebook not executed yet is
+run here first. `#| gpu` and `#| slow` cells are never executed by the docs build: they are marked
+`#| eval: false` in the staged copy, so nbdev's doc processors leave them alone too.
+"""
+import shutil, sys, argparse, importlib.util
+from pathlib import Path
+from fastcore.nbio import read_nb, write_nb
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS, BUILD = ROOT/'nbs', ROOT/'_build'
+STAGE, EXECUTED, OUT = BUILD/'docsrc', BUILD/'executed', ROOT/'_docs'
+NEVER_EXEC = {'gpu', 'slow'}
+
+def _notebook_runner():
+    spec = importlib.util.spec_from_file_location('nbtests', ROOT/'tests'/'test_notebooks.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+def _flags(cell):
+    first = [l for l in cell.get('source', '').splitlines() if l.startswith('#|')]
+    return {w for l in first for w in l[2:].replace(':', ' ').split()}
+
+def mark_unexecutable(nb):
+    "Prefix `#| eval: false` to every cell flagged gpu or slow, so no doc processor runs it."
+    for cell in nb.cells:
+        if cell.cell_type == 'code' and _flags(cell) & NEVER_EXEC and '#| eval: false' not in cell.source:
+            cell.source = '#| eval: false\n' + cell.source
+    return nb
+
+def stage(execute_missing=True):
+    "Copy `nbs/` into the staging folder, notebooks replaced by their executed versions."
+    if STAGE.exists(): shutil.rmtree(STAGE)
+    shutil.copytree(NBS, STAGE, ignore=shutil.ignore_patterns('*.ipynb', '.ipynb_checkpoints'))
+    runner = None
+    for src in sorted(NBS.glob('*.ipynb')):
+        done = EXECUTED/src.name
+        if not done.exists() or done.stat().st_mtime < src.stat().st_mtime:
+            if not execute_missing: done = src
+            else:
+                runner = runner or _notebook_runner()
+                print(f'executing {src.name} (no fresh executed copy)')
+                runner.run_notebook(src, sorted(NEVER_EXEC), [], done)
+        write_nb(mark_unexecutable(read_nb(done)), STAGE/src.name)
+
+def build(execute_missing=True):
+    import os
+    from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar
+    from nbdev.serve import proc_nbs
+    from nbdev.doclinks import _build_modidx
+    os.chdir(ROOT)
+    refresh_quarto_yml()
+    nbdev_sidebar.__wrapped__(path=NBS)
+    _build_modidx()
+    stage(execute_missing)
+    cache = proc_nbs(str(STAGE), n_workers=0, force=True)
+    from smalldocs.site import build as smalldocs_build
+    site = smalldocs_build(str(cache), quiet=True)
+    for w in site.warnings: print(f'warning: {w}', file=sys.stderr)
+    built = cache/'_docs'
+    if OUT.exists(): shutil.rmtree(OUT)
+    shutil.move(str(built), str(OUT))
+    print(f'docs site written to {OUT}')
+    return OUT
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--no-execute', action='store_true', help='use notebooks as saved where no executed copy exists')
+    a = p.parse_args()
+    build(execute_missing=not a.no_execute)
