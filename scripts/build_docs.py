@@ -68,8 +68,28 @@ def build(execute_missing=True):
     print(f'docs site written to {OUT}')
     return OUT
 
+def readme_text(nb_path=NBS/'index.ipynb'):
+    "README.md from the index notebook: its prose and code as written (outputs live in the docs site)."
+    from nbdev.process import NBProcessor
+    nb = NBProcessor(nb_path, rm_directives=False, process=True).nb
+    parts = ['<!-- Generated from nbs/index.ipynb by `python scripts/build_docs.py --readme`: edit the notebook. -->']
+    for cell in nb.cells:
+        d = getattr(cell, 'directives_', {}) or {}
+        if cell.cell_type == 'markdown': parts.append(cell.source.strip())
+        elif cell.cell_type == 'code' and not ({'hide', 'export', 'exporti', 'default_exp'} & d.keys()):
+            src = '\n'.join(l for l in cell.source.splitlines() if not l.startswith('#|')).strip()
+            if src: parts.append(f'```python\n{src}\n```')
+    text = '\n\n'.join(parts) + '\n'
+    return text
+
+def write_readme():
+    (ROOT/'README.md').write_text(readme_text())
+    print(f'README.md written from nbs/index.ipynb')
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--no-execute', action='store_true', help='use notebooks as saved where no executed copy exists')
+    p.add_argument('--readme', action='store_true', help='only write README.md from nbs/index.ipynb')
     a = p.parse_args()
-    build(execute_missing=not a.no_execute)
+    if a.readme: write_readme()
+    else: build(execute_missing=not a.no_execute)

@@ -15,6 +15,7 @@ fi
 
 echo "== notebooks clean and library in sync"
 nbdev-export
+$PY scripts/build_docs.py --readme
 nbdev-clean
 if ! git diff --exit-code --stat; then
   echo "nbdev-export / nbdev-clean changed the files above: run them and commit" >&2
