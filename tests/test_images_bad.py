@@ -227,3 +227,11 @@ def test_file_is_closed(tmp_path):
     p = _save(_photo(), tmp_path/'x.png')
     load_image(p)
     p.unlink()   # would fail on some platforms if a handle were left open; the pixels are already in memory
+
+def test_lazy_pil_image_of_a_truncated_file_names_the_file(tmp_path):
+    "A PIL image the caller opened lazily is decoded by load_image; its truncation error names the file."
+    data = _save(_photo(), tmp_path/'full.jpg', quality=90)
+    p = tmp_path/'cut.jpg'; p.write_bytes(data.read_bytes()[:int(data.stat().st_size * 0.6)])
+    with Image.open(p) as lazy:
+        with pytest.raises(ImageLoadError, match='truncated or corrupt') as e: load_image(lazy)
+    assert e.value.name == str(p)
