@@ -143,8 +143,10 @@ def main():
     for case in a.cases.split(','):
         for name in ('plain', 'vlmkit'):
             try: rows.append(measure(case, name, S, dev, a.steps))
-            except torch.OutOfMemoryError as e:
-                rows.append(dict(case=case, recipe=name, error='OOM')); gc.collect(); torch.cuda.empty_cache()
+            except Exception as e:  # report the case and go on with the others
+                import traceback; traceback.print_exc()
+                rows.append(dict(case=case, recipe=name, error='OOM' if isinstance(e, torch.OutOfMemoryError) else type(e).__name__))
+                gc.collect(); torch.cuda.empty_cache() if dev == 'cuda' else None
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n| model ({card}) | tokens | plain peak GiB | vlmkit peak GiB | peak ratio | plain s/step | vlmkit s/step | time ratio | step-1 loss plain / vlmkit |")
     print("|---|---|---|---|---|---|---|---|---|")
