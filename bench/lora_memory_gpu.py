@@ -36,43 +36,41 @@ SHAPES = {
 }
 
 def build(case, S, dev):
-    "(model, inputs, labels) with seeded random weights in the current default dtype, on `dev`."
+    "(model, inputs, labels): seeded random weights in the default dtype, built directly on `dev`; data made on the CPU."
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     V, T = S['llm']['vocab_size'], S['text']
     text = torch.randint(0, min(V, 150000), (T,), generator=g)
-    with torch.device(dev):
-        if case == 'llm':
-            from transformers import Qwen3Config, Qwen3ForCausalLM
-            model = Qwen3ForCausalLM(Qwen3Config(**S['llm'], attn_implementation='sdpa'))
-            n = S['ovis_grid'] ** 2 // 4 + T  # the Ovis case's length: visual atoms + text
-            ids = torch.randint(0, min(V, 150000), (1, n), generator=g)
-            return model, dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev)), ids.to(dev)
-        if case == 'ovis':
-            from vlmkit.ovis.modeling import Ovis2_5ForConditionalGeneration, tiny_ovis25_config, VISUAL_ATOM_ID, INDICATOR_IDS
-            cfg = tiny_ovis25_config(llm=dict(S['llm'], max_window_layers=S['llm']['num_hidden_layers']), vit=S['ovis_vit'],
-                                     visual_vocab_size=S['visual_vocab'])
-            model = Ovis2_5ForConditionalGeneration(cfg)
-            h = w = S['ovis_grid']
-            ids = torch.cat([text[:T // 2], torch.tensor([INDICATOR_IDS[0]]), torch.full((h * w // 4,), VISUAL_ATOM_ID),
-                             torch.tensor([INDICATOR_IDS[1]]), text[T // 2:]])[None]
-            pv = torch.randn(h * w, 3 * 16 * 16, generator=g).to(torch.get_default_dtype())
-            inputs = dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev), pixel_values=pv.to(dev),
-                          grid_thws=torch.tensor([[1, h, w]]).to(dev))
-            return model, inputs, ids.masked_fill(ids < 0, -100).to(dev)
-        if case == 'internvl':
-            from transformers import InternVLConfig, InternVLForConditionalGeneration
-            img_tok, start, end = V - 3, V - 2, V - 1
-            cfg = InternVLConfig(vision_config=S['internvl_vit'], text_config=dict(model_type='qwen3', **S['llm']),
-                                 image_token_id=img_tok, image_seq_length=S['tile_tokens'], downsample_ratio=0.5)
-            cfg._attn_implementation = 'sdpa'
-            model = InternVLForConditionalGeneration(cfg)
-            side = S['internvl_vit']['image_size']
-            ids = torch.cat([text[:T // 2], torch.tensor([start]), torch.full((S['tiles'] * S['tile_tokens'],), img_tok),
-                             torch.tensor([end]), text[T // 2:]])[None]
-            pv = torch.randn(S['tiles'], 3, side, side, generator=g).to(torch.get_default_dtype())
-            return model, dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev), pixel_values=pv.to(dev)), \
-                   ids.masked_fill(ids == img_tok, -100).to(dev)
+    to = lambda d: {k: v.to(dev) for k, v in d.items()}
+    if case == 'llm':
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        with torch.device(dev): model = Qwen3ForCausalLM(Qwen3Config(**S['llm'], attn_implementation='sdpa'))
+        ids = torch.randint(0, min(V, 150000), (1, S['ovis_grid'] ** 2 // 4 + T), generator=g)  # the Ovis case's length
+        return model, to(dict(input_ids=ids, attention_mask=torch.ones_like(ids))), ids.to(dev)
+    if case == 'ovis':
+        from vlmkit.ovis.modeling import Ovis2_5ForConditionalGeneration, tiny_ovis25_config, VISUAL_ATOM_ID, INDICATOR_IDS
+        cfg = tiny_ovis25_config(llm=dict(S['llm'], max_window_layers=S['llm']['num_hidden_layers']), vit=S['ovis_vit'],
+                                 visual_vocab_size=S['visual_vocab'])
+        with torch.device(dev): model = Ovis2_5ForConditionalGeneration(cfg)
+        h = w = S['ovis_grid']
+        ids = torch.cat([text[:T // 2], torch.tensor([INDICATOR_IDS[0]]), torch.full((h * w // 4,), VISUAL_ATOM_ID),
+                         torch.tensor([INDICATOR_IDS[1]]), text[T // 2:]])[None]
+        pv = torch.randn(h * w, 3 * 16 * 16, generator=g).to(torch.get_default_dtype())
+        inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, grid_thws=torch.tensor([[1, h, w]]))
+        return model, to(inputs), ids.masked_fill(ids < 0, -100).to(dev)
+    if case == 'internvl':
+        from transformers import InternVLConfig, InternVLForConditionalGeneration
+        img_tok, start, end = V - 3, V - 2, V - 1
+        cfg = InternVLConfig(vision_config=S['internvl_vit'], text_config=dict(model_type='qwen3', **S['llm']),
+                             image_token_id=img_tok, image_seq_length=S['tile_tokens'], downsample_ratio=0.5)
+        cfg._attn_implementation = 'sdpa'
+        with torch.device(dev): model = InternVLForConditionalGeneration(cfg)
+        side = S['internvl_vit']['image_size']
+        ids = torch.cat([text[:T // 2], torch.tensor([start]), torch.full((S['tiles'] * S['tile_tokens'],), img_tok),
+                         torch.tensor([end]), text[T // 2:]])[None]
+        pv = torch.randn(S['tiles'], 3, side, side, generator=g).to(torch.get_default_dtype())
+        inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv)
+        return model, to(inputs), ids.masked_fill(ids == img_tok, -100).to(dev)
 
 LLM_ALONE = r'model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)'
 
