@@ -9,8 +9,8 @@ from transformers import TextIteratorStreamer, TextStreamer
 from vlmkit.testing import fixture, require_fixture, tiny_tokenizer, noise_image
 from vlmkit.ovis.modeling import Ovis2_5, tiny_ovis25_config
 from vlmkit.ovis.preprocessing import preprocess_inputs
-from vlmkit.ovis.generation import (EARLY_STOPPING_TEXT, FORCED, IM_END_ID, NO_TOKEN, PAD_ID, THINK_END_ID, BatchDecoder,
-                                    IncrementalDecoder, check_thinking_budget, early_stopping_ids, generate, split_thinking,
+from vlmkit.ovis.generation import (EARLY_STOPPING_TEXT, FORCED, NO_TOKEN, PAD_ID, BatchDecoder, IncrementalDecoder,
+                                    batch_prompts, check_thinking_budget, early_stopping_ids, generate, split_thinking,
                                     stream_generate, stream_text)
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -77,10 +77,8 @@ def test_fixture_streaming_text(official):
     model, recs, meta = official
     names = recs['case_order']
     ins = [_inputs(recs['cases'][n]) for n in names]
-    pv = torch.cat([p for _, p, _ in ins if p is not None]); grid = torch.cat([g for _, _, g in ins if g is not None])
     texts = ['' for _ in names]
-    for row, piece in stream_generate(model, [ids[0] for ids, _, _ in ins], pixel_values=pv, grid_thws=grid,
-                                      enable_thinking_budget=True, thinking_budget=8, max_new_tokens=40):
+    for row, piece in stream_generate(model, **batch_prompts(ins), enable_thinking_budget=True, thinking_budget=8, max_new_tokens=40):
         texts[row] += piece
     assert texts == [meta[n]['generate_budget']['text'] for n in names]
 
@@ -118,8 +116,8 @@ def tiny():
     return model, tok, ins, ids
 
 def _batch(ins):
-    pv = [p for _, p, _ in ins if p is not None]; grid = [g for _, _, g in ins if g is not None]
-    return [i[0] for i, _, _ in ins], (torch.cat(pv) if pv else None), (torch.cat(grid) if grid else None)
+    b = batch_prompts(ins)
+    return b['input_ids'], b['pixel_values'], b['grid_thws']
 
 def _vlmkit_kw(ids, eos=None):
     return dict(eos_token_id=ids['eos_id'] if eos is None else eos, pad_token_id=ids['pad_id'],
