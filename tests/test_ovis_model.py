@@ -204,3 +204,22 @@ def test_varlen_llm_never_builds_a_mask(monkeypatch):
     batch = pack_samples([random_sample((4, 4), 6, vocab=300, generator=g), random_sample(None, 9, vocab=300, generator=g)])
     with torch.no_grad(): model(input_ids=batch['input_ids'], position_ids=batch['position_ids'], pixel_values=batch['pixel_values'], grid_thws=batch['grid_thws'])
     assert calls == []
+
+def test_lean_loss_equals_transformers_loss():
+    "vlmkit's loss (labelled rows only, chunked) equals transformers' loss from full logits, with and without num_items_in_batch."
+    from vlmkit.ovis.modeling import causal_lm_loss
+    torch.manual_seed(0)
+    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).eval()
+    g = torch.Generator().manual_seed(0)
+    samples = [random_sample(hw, n, vocab=300, generator=g) for hw, n in [((4, 6), 9), (None, 7)]]
+    for s in samples: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    batch = {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
+    with torch.no_grad():
+        lean, full = model(**batch), model(**batch, return_logits=True)
+        assert lean.logits is None and full.logits is not None
+        assert torch.allclose(lean.loss, full.loss, atol=1e-6)
+        n = int((batch['labels'][:, 1:] != -100).sum())
+        assert torch.allclose(model(**batch, num_items_in_batch=2 * n).loss, full.loss / 2, atol=1e-6)
+        h = torch.randn(1, 5, 64)
+        assert torch.allclose(causal_lm_loss(h, torch.tensor([[1, 2, 3, 4, 5]]), model.llm.lm_head, chunk=2),
+                              torch.nn.functional.cross_entropy(model.llm.lm_head(h[0, :-1]), torch.tensor([2, 3, 4, 5])), atol=1e-6)
