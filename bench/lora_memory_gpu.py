@@ -96,7 +96,7 @@ def recipe(name, model, S):
         pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, task_type='CAUSAL_LM', target_modules=LLM_ALONE),
                             autocast_adapter_dtype=False)
         pm.get_base_model().disable_input_require_grads()
-    return pm, lambda inp, lab: causal_lm_loss(pm, lab, chunk_size=1024, **inp)
+    return pm, lambda inp, lab: causal_lm_loss(pm, lab, **inp)
 
 def measure(case, name, S, dev, steps):
     model, inputs, labels = build(case, S, dev)
@@ -106,6 +106,7 @@ def measure(case, name, S, dev, steps):
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     cuda = dev.startswith('cuda')
     if cuda: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    static = torch.cuda.memory_allocated() / 2**30 if cuda else float('nan')  # weights + adapters, before any step
     times, losses = [], []
     for i in range(steps + 1):
         t0 = time.perf_counter()
@@ -116,7 +117,7 @@ def measure(case, name, S, dev, steps):
         times.append(time.perf_counter() - t0); losses.append(loss.item())
     out = dict(case=case, recipe=name, tokens=int(inputs['input_ids'].shape[1]),
                adapter_dtype=str(trainable[0].dtype).replace('torch.', ''), lora_params=sum(p.numel() for p in trainable),
-               peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan'),
+               static_gib=static, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan'),
                s_per_step=sorted(times[1:])[len(times[1:]) // 2], first_loss=losses[0], losses=losses)
     del pm, model, opt, inputs, labels, loss, trainable
     gc.collect()
