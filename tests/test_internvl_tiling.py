@@ -217,3 +217,26 @@ def test_explorer_upload_and_sliders():
     assert ex.picker.value == 'mine.png' and (ex.plan.cols, ex.plan.rows) == (3, 1)
     ex.thumb.value = False
     assert ex.plan.num_tiles == 3 and '768 image tokens' in ex.info.value
+
+
+# ---- threaded exact resize -----------------------------------------------------------------------------------
+
+@settings(max_examples=80, deadline=None)
+@given(iw=st.integers(1, 900), ih=st.integers(1, 900), ow=st.integers(1, 1400), oh=st.integers(1, 1400),
+       same_w=st.booleans(), same_h=st.booleans(), lanczos=st.booleans(), threads=st.integers(2, 5), grey=st.booleans())
+def test_resize_exact_is_pillow_bit_for_bit(iw, ih, ow, oh, same_w, same_h, lanczos, threads, grey):
+    from vlmkit.internvl.tiling import resize_exact
+    im = _noise(iw, ih, iw + ih)
+    if grey: im = im.convert('L')
+    size = (iw if same_w else ow, ih if same_h else oh)
+    rs = LANCZOS if lanczos else BICUBIC
+    assert np.array_equal(resize_exact(im, size, rs, threads), np.asarray(im.resize(size, rs)))
+
+
+@pytest.mark.parametrize('size', [(4032, 3024), (1170, 2532), (6000, 1500), (2480, 3508)])
+def test_threaded_fast_path_equals_reference(size):
+    img = _noise(*size, seed=size[0])
+    ref = tiles_fast(img, threads=1)
+    for t in (2, 4):
+        assert torch.equal(tiles_fast(img, threads=t), ref)
+    if size == (1170, 2532): assert torch.equal(ref, tiles_reference(img))
