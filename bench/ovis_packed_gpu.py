@@ -3,9 +3,9 @@
 An Ovis2.5-2B-shaped model with random weights (Qwen3-1.7B-sized LLM, so400m NaViT, visual vocabulary 65536), bf16,
 forward + backward on the same seeded samples (images 448^2 .. 1792^2, texts 200 .. 1,500 tokens) in two ways:
 one sample per forward (the batch-size-1 path of the research code) and packs of several samples bounded by the largest
-single sample's LLM tokens and ViT patches times k. The competitor is the one-at-a-time path with transformers' loss
-from full logits (what the official forward computes); vlmkit's loss skips the [tokens, vocab] logits, which frees the
-memory that lets packs grow at the competitor's peak. Prints one table: tokens/s, peak memory and the ratios of each
+single sample's LLM tokens and ViT patches times k. The competitor is the one-at-a-time path computing what the official
+forward computes (visual head in one piece, transformers' loss from full logits); vlmkit's chunked visual head and
+loss never hold the [tokens, vocab] tensors, which frees the memory that lets packs grow at the competitor's peak. Prints one table: tokens/s, peak memory and the ratios of each
 row to the competitor, and the correctness check (token-weighted loss sum over all samples, same data and weights).
 
     python bench/ovis_packed_gpu.py            # GPU: 2B shape, bf16
@@ -44,6 +44,7 @@ def to(batch, device, dtype):
 
 def run(model, groups, samples, device, dtype, full_logits=False):
     "Forward + backward over every group (gradients accumulate, as over a batch); returns time, token-weighted loss sum."
+    model.visual_chunk = None if full_logits else 2048   # the official forward: visual head in one piece, full logits
     loss_sum = 0.0
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     sync(); t0 = time.perf_counter()

@@ -223,3 +223,15 @@ def test_lean_loss_equals_transformers_loss():
         h = torch.randn(1, 5, 64)
         assert torch.allclose(causal_lm_loss(h, torch.tensor([[1, 2, 3, 4, 5]]), model.llm.lm_head, chunk=2),
                               torch.nn.functional.cross_entropy(model.llm.lm_head(h[0, :-1]), torch.tensor([2, 3, 4, 5])), atol=1e-6)
+
+def test_visual_chunks_change_nothing_but_memory():
+    torch.manual_seed(0)
+    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
+    s = random_sample((10, 12), 8, vocab=300, generator=torch.Generator().manual_seed(0))
+    s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    def loss_and_grads(chunk):
+        model.visual_chunk = chunk; model.zero_grad()
+        loss = model(**s).loss; loss.backward()
+        return loss.detach(), model.vte.weight.grad.clone(), model.visual_tokenizer.head[0].weight.grad.clone()
+    ref, small = loss_and_grads(None), loss_and_grads(7)
+    for a, b in zip(ref, small): assert torch.allclose(a, b, atol=1e-6)
