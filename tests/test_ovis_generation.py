@@ -9,7 +9,7 @@ from transformers import TextIteratorStreamer, TextStreamer
 from vlmkit.testing import fixture, require_fixture, tiny_tokenizer, noise_image
 from vlmkit.ovis.modeling import Ovis2_5, tiny_ovis25_config
 from vlmkit.ovis.preprocessing import preprocess_inputs
-from vlmkit.ovis.generation import (EARLY_STOPPING_TEXT, FORCED, NO_TOKEN, PAD_ID, BatchDecoder, IncrementalDecoder,
+from vlmkit.ovis.generation import (EARLY_STOPPING_TEXT, FORCED, IM_END_ID, NO_TOKEN, PAD_ID, THINK_END_ID, BatchDecoder, IncrementalDecoder,
                                     batch_prompts, check_thinking_budget, early_stopping_ids, generate, split_thinking,
                                     stream_generate, stream_text)
 
@@ -72,6 +72,17 @@ def test_fixture_all_cases_one_batch(official, order):
         forced = meta[n]['generate_budget']['forced_stop_path']
         assert out.budget_steps[i] == (8 if forced else None)
         assert (out.kinds[i] == FORCED).sum() == (len(meta[n]['generate_budget']['early_stopping_ids']) if forced else 0)
+
+def test_fixture_checkpoint_longer_budgets_equal_official_two_phase(official):
+    "Past the fixtures' 40 tokens: per-row budgets in one batch equal the official re-encoding run of each row."
+    model, recs, meta = official
+    samples = [_inputs(recs['cases'][n]) for n in recs['case_order']]
+    budgets = [16, 30, None, 5, 22, 16][:len(samples)] + [16] * max(0, len(samples) - 6)
+    got = generate(model, **batch_prompts(samples), enable_thinking_budget=True, thinking_budget=budgets, max_new_tokens=64)
+    stop = early_stopping_ids(model.text_tokenizer)
+    for i, s in enumerate(samples):
+        want = official_two_phase(model, *s, budgets[i], 64, IM_END_ID, PAD_ID, THINK_END_ID, stop)[0]
+        assert torch.equal(got[i], want), f"row {i}: {got[i].tolist()} != {want.tolist()}"
 
 def test_fixture_streaming_text(official):
     "Streaming pieces of the real tokenizer (multi-byte characters) add up to the official text of every row."
