@@ -99,12 +99,13 @@ def recipe(name, model, S):
     return pm, lambda inp, lab: causal_lm_loss(pm, lab, **inp)
 
 def measure(case, name, S, dev, steps):
+    cuda = dev.startswith('cuda')
+    before = torch.cuda.memory_allocated() / 2**30 if cuda else 0.0  # must be ~0: the previous case is gone
     model, inputs, labels = build(case, S, dev)
     pm, loss_fn = recipe(name, model, S)
     pm.train()
     trainable = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
-    cuda = dev.startswith('cuda')
     if cuda: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     static = torch.cuda.memory_allocated() / 2**30 if cuda else float('nan')  # weights + adapters, before any step
     times, losses = [], []
@@ -115,13 +116,10 @@ def measure(case, name, S, dev, steps):
         opt.step(); opt.zero_grad(set_to_none=True)
         if cuda: torch.cuda.synchronize()
         times.append(time.perf_counter() - t0); losses.append(loss.item())
-    out = dict(case=case, recipe=name, tokens=int(inputs['input_ids'].shape[1]),
+    out = dict(case=case, recipe=name, tokens=int(inputs['input_ids'].shape[1]), allocated_before_gib=before,
                adapter_dtype=str(trainable[0].dtype).replace('torch.', ''), lora_params=sum(p.numel() for p in trainable),
                static_gib=static, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan'),
                s_per_step=sorted(times[1:])[len(times[1:]) // 2], first_loss=losses[0], losses=losses)
-    del pm, model, opt, inputs, labels, loss, trainable
-    gc.collect()
-    if cuda: torch.cuda.empty_cache()
     return out
 
 def main():
@@ -141,7 +139,8 @@ def main():
     rows = []
     for case in a.cases.split(','):
         for name in ('plain', 'vlmkit'):
-            try: rows.append(measure(case, name, S, dev, a.steps))
+            # vlmkit's remote-code fixes bind closures to the model (reference cycles): collect after every case
+            try: rows.append(measure(case, name, S, dev, a.steps)); gc.collect(); torch.cuda.empty_cache() if dev == 'cuda' else None
             except Exception as e:  # report the case and go on with the others
                 import traceback; traceback.print_exc()
                 rows.append(dict(case=case, recipe=name, error='OOM' if isinstance(e, torch.OutOfMemoryError) else type(e).__name__))
