@@ -235,3 +235,30 @@ def test_visual_chunks_change_nothing_but_memory():
         return loss.detach(), model.vte.weight.grad.clone(), model.visual_tokenizer.head[0].weight.grad.clone()
     ref, small = loss_and_grads(None), loss_and_grads(7)
     for a, b in zip(ref, small): assert torch.allclose(a, b, atol=1e-6)
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=5), st.sampled_from([(4, 4), (4, 2), (6, 1)]), st.booleans(),
+       st.sampled_from([None, 1, 3]), st.booleans())
+def test_varlen_attention_equals_per_sequence_sdpa(lengths, heads, causal, window, long_path):
+    "The attention every packed path relies on (vlmkit.attention), on CPU: both the mask path and the per-sequence path."
+    from vlmkit.attention import sdpa_varlen
+    if sum(lengths) == 0: lengths = lengths + [1]
+    window = window if causal else None
+    hq, hk = heads
+    g = torch.Generator().manual_seed(sum(lengths))
+    T = sum(lengths)
+    q, k, v = torch.randn(T, hq, 8, generator=g), torch.randn(T, hk, 8, generator=g), torch.randn(T, hk, 8, generator=g)
+    cu = cu_seqlens_from_lengths(lengths)
+    got = sdpa_varlen(q, k, v, cu, causal, None, window, max_mask_tokens=0 if long_path else 4096) if long_path else \
+          varlen_attention(q, k, v, cu, causal=causal, window=window)
+    ref, s = [], 0
+    for n in lengths:
+        if n:
+            i = torch.arange(n)
+            mask = torch.ones(n, n, dtype=torch.bool)
+            if causal: mask &= i[None] <= i[:, None]
+            if window: mask &= i[None] > i[:, None] - window
+            ref.append(torch.nn.functional.scaled_dot_product_attention(q[s:s+n].transpose(0, 1), k[s:s+n].transpose(0, 1), v[s:s+n].transpose(0, 1),
+                                                                        attn_mask=mask, enable_gqa=True).transpose(0, 1))
+        s += n
+    assert torch.allclose(got, torch.cat(ref), atol=1e-5)
