@@ -275,3 +275,30 @@ def test_clear_errors(tiny):
         generate(model, rows[0], pv, grid, max_new_tokens=1, **_vlmkit_kw(ids))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         generate(model, rows[1], do_sample=True, temperature=0.0, max_new_tokens=1)
+
+# ---------------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batched_equals_one_by_one_and_official(tiny):
+    "On the GPU (inputs left on the CPU, as the official examples make them): batch == each row alone == official recipe."
+    model, tok, ins, ids = tiny
+    gpu = Ovis2_5(model.config).cuda().eval()
+    gpu.load_state_dict(model.state_dict()); gpu.text_tokenizer = tok
+    rows, pv, grid = _batch(ins)
+    budgets = [3, 8, None]
+    got = generate(gpu, rows, pv, grid, enable_thinking_budget=True, thinking_budget=budgets, max_new_tokens=40,
+                   return_dict_in_generate=True, **_vlmkit_kw(ids))
+    assert got.sequences.is_cuda and got.budget_steps == budgets
+    with torch.no_grad():
+        for i, (r, p, g) in enumerate(ins):
+            cuda = lambda t: None if t is None else t.cuda()
+            alone = generate(gpu, r, p, g, enable_thinking_budget=True, thinking_budget=[budgets[i]], max_new_tokens=40, **_vlmkit_kw(ids))
+            want = official_two_phase(gpu, cuda(r), cuda(p), cuda(g), budgets[i], 40, ids['eos_id'], ids['pad_id'], ids['think_end_id'], ids['stop_ids'])
+            assert torch.equal(got.sequences[i], alone[0]) and torch.equal(alone, want)
+    sampled = generate(gpu, rows, pv, grid, do_sample=True, generator=torch.Generator('cuda').manual_seed(0), enable_thinking_budget=True,
+                       thinking_budget=budgets, max_new_tokens=40, **_vlmkit_kw(ids))
+    assert sampled[0, 3:3 + len(ids['stop_ids'])].tolist() == ids['stop_ids']
+    half = Ovis2_5(model.config).to('cuda', torch.bfloat16).eval()
+    half.load_state_dict(model.state_dict())
+    out = generate(half, rows, pv, grid, enable_thinking_budget=True, thinking_budget=budgets, max_new_tokens=40,
+                   return_dict_in_generate=True, **_vlmkit_kw(ids))
+    assert out.sequences.shape == (3, 40) and out.budget_steps == budgets
