@@ -263,6 +263,8 @@ def test_clear_errors(tiny):
         generate(model, rows, pv, grid, enable_thinking_budget=True, thinking_budget=[1, 7, 2], max_new_tokens=30, **_vlmkit_kw(ids))
     # the rule is not checked when the budget is off (official: the budget needs enable_thinking and enable_thinking_budget)
     generate(model, rows[1], enable_thinking=False, enable_thinking_budget=True, thinking_budget=8, max_new_tokens=3, **_vlmkit_kw(ids))
+    with pytest.raises(ValueError, match="needs a thinking_budget"):
+        generate(model, rows[1], enable_thinking_budget=True, thinking_budget=None, max_new_tokens=60, **_vlmkit_kw(ids))
     with pytest.raises(ValueError, match="3 entries for a batch of 2"):
         generate(model, rows[:2], enable_thinking_budget=True, thinking_budget=[1, 2, 3], max_new_tokens=60, **_vlmkit_kw(ids))
     with pytest.raises(ValueError, match="max_new_tokens must be a non-negative int"):

@@ -198,6 +198,8 @@ def make_schedules(model, n_rows:int, enable_thinking:bool, enable_thinking_budg
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
     budgets = [None] * n_rows
     if enable_thinking and enable_thinking_budget:
+        if thinking_budget is None:
+            raise ValueError("enable_thinking_budget=True needs a thinking_budget (an int, or one per row with None for no budget)")
         budgets = row_budgets(thinking_budget, n_rows)
         if stop_ids is None:
             tok = getattr(model, 'text_tokenizer', None)
