@@ -240,3 +240,16 @@ def test_threaded_fast_path_equals_reference(size):
     for t in (2, 4):
         assert torch.equal(tiles_fast(img, threads=t), ref)
     if size == (1170, 2532): assert torch.equal(ref, tiles_reference(img))
+
+
+def test_exif_orientation_default_and_official_switch(tmp_path):
+    "vlmkit reads files upright (EXIF applied); `exif_transpose=False` reproduces the official snippet, which ignores it."
+    f = tmp_path / 'rotated.jpg'
+    exif = Image.Exif(); exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    _noise(900, 300).save(f, exif=exif.tobytes(), quality=95)
+    official = tiles_reference(Image.open(f).convert('RGB'))  # official: Image.open(...).convert('RGB'), no transpose
+    assert torch.equal(load_image(f, exif_transpose=False), official)
+    from PIL import ImageOps
+    upright = ImageOps.exif_transpose(Image.open(f)).convert('RGB')
+    assert upright.size == (300, 900)
+    assert torch.equal(load_image(f), tiles_reference(upright))
