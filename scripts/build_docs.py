@@ -26,10 +26,21 @@ def _flags(cell):
     first = [l for l in cell.get('source', '').splitlines() if l.startswith('#|')]
     return {w for l in first for w in l[2:].replace(':', ' ').split()}
 
+def _needs_no_rerun(cell) -> bool:
+    "A cell whose outputs are already in the executed notebook: anything but exports and pure-import cells."
+    import ast
+    if _flags(cell) & NEVER_EXEC: return True
+    if _flags(cell) & {'export', 'exports', 'exporti'}: return False
+    try: tree = ast.parse('\n'.join(l for l in cell.source.splitlines() if not l.lstrip().startswith(('%', '!'))))
+    except SyntaxError: return True
+    return any(not isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+
 def mark_unexecutable(nb):
-    "Prefix `#| eval: false` to every cell flagged gpu or slow, so no doc processor runs it."
+    """Prefix `#| eval: false` to the cells nbdev's doc processors must not run again: gpu/slow cells (never
+    executed by the docs build) and example cells, whose outputs the executed notebook already holds (nbdev
+    re-runs any cell that contains an import, which would run an example without the cells before it)."""
     for cell in nb.cells:
-        if cell.cell_type == 'code' and _flags(cell) & NEVER_EXEC and '#| eval: false' not in cell.source:
+        if cell.cell_type == 'code' and _needs_no_rerun(cell) and '#| eval: false' not in cell.source:
             cell.source = '#| eval: false\n' + cell.source
     return nb
 

@@ -6,7 +6,7 @@ Docs: https://vlmkit.github.io/vlmkit/internvl_tiling.html.md"""
 
 # %% ../../nbs/20_internvl_tiling.ipynb #2e5a0f03
 from __future__ import annotations
-import functools, math, os, warnings
+import functools, io, math, os, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,15 +297,14 @@ class TileExplorer:
         self.min_num = W.IntSlider(1, 1, 12, description='min_num')
         self.max_num = W.IntSlider(12, 1, 40, description='max_num')
         self.thumb = W.Checkbox(True, description='thumbnail')
-        self.info, self.out = W.HTML(), W.Output()
+        self.info, self.view = W.HTML(), W.Image(format='png')
         for w in (self.picker, self.min_num, self.max_num, self.thumb): w.observe(lambda _: self.update(), 'value')
         self.upload.observe(self._on_upload, 'value')
         self.widget = W.VBox([W.HBox([self.picker, self.upload]), W.HBox([self.min_num, self.max_num, self.thumb]),
-                              self.info, self.out])
+                              self.info, self.view])
         self.update()
 
     def _on_upload(self, change):
-        import io
         for f in change['new']:
             name = f['name']
             self.images[name] = open_rgb(io.BytesIO(bytes(f['content'])))
@@ -323,9 +322,9 @@ class TileExplorer:
         self.info.value = (f"<b>{w}x{h}</b>: grid {p.cols}x{p.rows} -> <b>{p.num_tiles} tiles</b>"
                            f"{' (incl. thumbnail)' if p.thumbnail else ''}, <b>{p.num_tokens(self.tokens_per_tile)}"
                            f" image tokens</b> (+2 for &lt;img&gt;&lt;/img&gt;)")
-        self.out.clear_output(wait=True)
-        with self.out:
-            # sample images are small previews: plan on the size they stand for, draw on the preview
-            fig = show_tiles(img, plan=p)
-            plt.show(fig) if plt.isinteractive() else plt.close(fig)
+        # a PNG in an Image widget, not plt.show into an Output widget: it lives in the widget state, so it
+        # shows in static renders too, and needs no output capture from the kernel
+        fig = show_tiles(img, plan=p)
+        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=72); plt.close(fig)
+        self.view.value = buf.getvalue()
         return p

@@ -7,6 +7,7 @@ Docs: https://vlmkit.github.io/vlmkit/ovis_model.html.md"""
 # %% ../../nbs/11_ovis_model.ipynb #5a341d8b
 from __future__ import annotations
 import json
+from typing import Literal  # transformers' dataclass configs annotate fields with it; our subclasses' generated __init__ resolves names here (show_doc, inspect)
 from pathlib import Path
 import torch
 import torch.nn as nn
