@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'IMAGE_PLACEHOLDERS', 'OVIS_VISUAL_ATOM_ID', 'OVIS_INDICATOR_IDS',
            'fixtures_dir', 'fixture', 'require_fixture', 'chat_template', 'tiny_tokenizer', 'tiny_llm_config',
            'noise_image', 'n_params', 'TinyVLM', 'tiny_internvl', 'tiny_qwen25vl', 'VisualEmbedding', 'TinyNavit',
-           'VisualTokenizer', 'RemoteStyleOvis2_5', 'ovis_patches', 'tiny_remote_ovis25']
+           'VisualTokenizer', 'RemoteStyleOvis2_5', 'tiny_remote_ovis25']
 
 # %% ../nbs/03_testing.ipynb #380bdc7d
 def fixtures_dir(start:str|Path|None=None) -> Path|None:
@@ -250,13 +250,6 @@ class RemoteStyleOvis2_5(PreTrainedModel):
         return embeds
 
 # %% ../nbs/03_testing.ipynb #a742c957
-def ovis_patches(image:Image.Image, patch:int=16, stride:int=2, side:int=64):
-    "Resize to `side`x`side` and cut `patch`-pixel patches in Ovis's order (each `stride`x`stride` group contiguous)."
-    x = torch.from_numpy(np.asarray(image.convert('RGB').resize((side, side)), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
-    g = side // patch
-    x = x.reshape(3, g // stride, stride, patch, g // stride, stride, patch).permute(1, 4, 2, 5, 0, 3, 6)
-    return x.reshape(g * g, 3 * patch * patch), torch.tensor([[1, g, g]])
-
 def tiny_remote_ovis25(seed:int=0) -> TinyVLM:
     "A `RemoteStyleOvis2_5` (Qwen3 LLM + stand-in NaViT + head + `vte`), random weights, with an Ovis-style `inputs` helper."
     tok = tiny_tokenizer('ovis2_5')
@@ -267,7 +260,9 @@ def tiny_remote_ovis25(seed:int=0) -> TinyVLM:
     torch.manual_seed(seed)
     model = RemoteStyleOvis2_5(cfg).eval()
     def image_processor(images, return_tensors='pt'):
-        pv, grid = zip(*(ovis_patches(im) for im in images))
+        # the official Ovis2.5 preprocessing at a tiny pixel budget (about 64x64 per image)
+        from vlmkit.ovis.preprocessing import preprocess
+        pv, grid = zip(*(preprocess(im, min_pixels=64*64, max_pixels=64*64) for im in images))
         return dict(pixel_values=torch.cat(pv), grid_thws=torch.cat(grid))
     vlm = TinyVLM('ovis2_5', model, tok, image_processor, expand=None)
     def inputs(messages, images=(), add_generation_prompt=False):
