@@ -1,7 +1,7 @@
 """LoRA acceptance on tiny models (issue 5): per family, preset `llm` adapts every attention/MLP linear of the LLM
 and nothing under the vision encoder or projector; forward+backward with gradient checkpointing gives every LoRA
 parameter a nonzero gradient and frozen ones none; a reloaded adapter gives identical logits; merged logits are within
-1e-5 (fp32) of the adapter model's. The remote-code-style Ovis2.5 fails with named errors before patching."""
+1e-5 (fp32) of the adapter model's. The remote-code-style Ovis2.5 fails with named errors before patching; the native one needs no patch."""
 import re, warnings
 import pytest, torch
 from torch import nn
@@ -120,6 +120,32 @@ def test_patched_remote_ovis_merge_equals_released_merge():
         apply_lora(vlm.model, 'llm', r=4, verbose=False)
         assert diagnose(vlm.model) == []
         assert torch.equal(vlm.model.merge_multimodal(*args), ref)
+
+def test_native_ovis_needs_no_patch_and_generates_through_peft():
+    "The native model: nothing to diagnose, nothing bound to the instance; PeftModel.generate uses the adapters."
+    from transformers import DynamicCache
+    from vlmkit.ovis.generation import generate
+    model, inp = native_ovis()
+    assert diagnose(model) == []
+    pm = apply_lora(model, 'llm', r=4, patch=False, verbose=False)  # patch=False raises LoraPatchError if anything needed fixing
+    assert not {'forward', 'prepare_inputs_for_generation', 'get_input_embeddings', 'merge_multimodal'} & set(vars(model))
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-1)
+    for _ in range(3): train_step(pm, inp, opt); opt.zero_grad()
+    pm.eval()
+    images = dict(pixel_values=inp['pixel_values'], grid_thws=inp['grid_thws'])
+    kw = dict(enable_thinking=False, max_new_tokens=6, eos_token_id=[], pad_token_id=0)
+    got = pm.generate(input_ids=inp['input_ids'], **images, **kw)
+    # PEFT's step interface (its prepare_inputs_for_generation around the model's, its forward passing inputs_embeds=None)
+    ids, mask, cache = inp['input_ids'], inp['attention_mask'], DynamicCache(config=model.config.get_text_config())
+    for _ in range(6):
+        with torch.no_grad(): logits = pm(**pm.prepare_inputs_for_generation(ids, past_key_values=cache, attention_mask=mask, **images)).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    assert torch.equal(ids[:, inp['input_ids'].shape[1]:], got)
+    with pm.disable_adapter(): base = pm.generate(input_ids=inp['input_ids'], **images, **kw)
+    merged = pm.merge_and_unload().eval()
+    assert torch.equal(generate(merged, inp['input_ids'], **images, **kw), got)
+    assert not torch.equal(base, got)  # the adapters took part
 
 @pytest.mark.parametrize('name', ['internvl', 'qwen2_5_vl', 'remote_ovis'])
 def test_presets_partition_the_model(name):

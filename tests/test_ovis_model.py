@@ -26,44 +26,37 @@ def test_loads_fp32_with_tokenizer(official):
     assert model.dtype == torch.float32 and model.text_tokenizer is not None
     assert model.llm.lm_head.weight.data_ptr() != model.llm.model.embed_tokens.weight.data_ptr()  # public fixture: untied
 
-CASE_NAMES = ['single_rgb_odd_333x517', 'two_rgb_images_interleaved', 'text_only_multiturn_system',
-              'gray_L_and_rgba_converted', 'thinking_false_large_downscaled', 'thin_wide_small_side']
-
-def test_every_case_is_swept(official):
-    assert set(official[2]['case_order']) >= set(CASE_NAMES)
-
-def _all_cases(official): return official[2]['case_order']
-
-@pytest.mark.parametrize('name', CASE_NAMES)
-def test_case_parity(official, name):
+def test_every_case_matches_the_official_outputs(official):
+    "Each case the fixture set holds (public or hidden, whatever their names): ViT, visual tokens, embeddings, logits."
     _, model, cases = official
-    if name not in cases['cases']: pytest.skip(f'{name} not in this fixture set')
-    case = cases['cases'][name]
-    ids, pv, grid = _inputs(case)
-    with torch.no_grad():
-        if pv is not None:
-            vt = model.visual_tokenizer
-            for key, got in [('vit_embeddings', vt.vit.vision_model.embeddings(pv, grid)), ('vit_features', vt.encode(pv, grid)),
-                             ('visual_tokens', vt(pv, grid))]:
-                assert (got - case[key]).abs().max() <= 1e-5, key
-        assert (model.merge_multimodal(ids, pv, grid)[0] - case['inputs_embeds']).abs().max() <= 1e-5
-        logits = model(input_ids=ids, attention_mask=case['attention_mask'], pixel_values=pv, grid_thws=grid).logits[0]
-    assert (logits[-1] - case['logits_last']).abs().max() <= 1e-4
-    assert (logits[:, case['logits_vocab_ids']] - case['logits_at_vocab_ids']).abs().max() <= 1e-4
-    assert torch.equal(logits.argmax(-1), case['logits_argmax'])
-    assert (logits.max(-1).values - case['logits_max']).abs().max() <= 1e-4
-    assert (logits.double().logsumexp(-1) - case['logits_logsumexp_f64']).abs().max() <= 1e-4
-    assert int(logits.argmax(-1)[-1]) == int(case['logits_argmax'][-1])
-
-def test_other_fixture_cases_too(official):
-    "Whatever cases the fixture set holds (hidden sets have others) match at the logits."
-    _, model, cases = official
+    assert cases['case_order']
     for name in cases['case_order']:
         case = cases['cases'][name]
         ids, pv, grid = _inputs(case)
-        with torch.no_grad(): logits = model(input_ids=ids, pixel_values=pv, grid_thws=grid).logits[0]
+        with torch.no_grad():
+            if pv is not None:
+                vt = model.visual_tokenizer
+                for key, got in [('vit_embeddings', vt.vit.vision_model.embeddings(pv, grid)), ('vit_features', vt.encode(pv, grid)),
+                                 ('visual_tokens', vt(pv, grid))]:
+                    assert (got - case[key]).abs().max() <= 1e-5, (name, key)
+            assert (model.merge_multimodal(ids, pv, grid)[0] - case['inputs_embeds']).abs().max() <= 1e-5, name
+            logits = model(input_ids=ids, attention_mask=case['attention_mask'], pixel_values=pv, grid_thws=grid).logits[0]
         assert (logits[-1] - case['logits_last']).abs().max() <= 1e-4, name
+        assert (logits[:, case['logits_vocab_ids']] - case['logits_at_vocab_ids']).abs().max() <= 1e-4, name
         assert torch.equal(logits.argmax(-1), case['logits_argmax']), name
+        assert (logits.max(-1).values - case['logits_max']).abs().max() <= 1e-4, name
+        assert (logits.double().logsumexp(-1) - case['logits_logsumexp_f64']).abs().max() <= 1e-4, name
+
+def test_inputs_embeds_forward_equals_ids_and_pixels_on_every_case(official):
+    "PEFT-style `inputs_embeds` (merged once outside) give exactly the logits of input_ids + pixel_values."
+    _, model, cases = official
+    for name in cases['case_order']:
+        ids, pv, grid = _inputs(cases['cases'][name])
+        with torch.no_grad():
+            ref = model(input_ids=ids, pixel_values=pv, grid_thws=grid).logits
+            got = model(inputs_embeds=model.merge_multimodal(ids, pv, grid)).logits
+        assert torch.equal(got, ref), name
+        assert (got[0, -1] - cases['cases'][name]['logits_last']).abs().max() <= 1e-4, name
 
 def test_packed_fixture_cases_equal_one_by_one(official):
     "4 samples with different image sizes (plus a text-only one) in one padding-free forward, fixture checkpoint."
@@ -262,3 +255,117 @@ def test_varlen_attention_equals_per_sequence_sdpa(lengths, heads, causal, windo
                                                                         attn_mask=mask, enable_gqa=True).transpose(0, 1))
         s += n
     assert torch.allclose(got, torch.cat(ref), atol=1e-5)
+
+def _tiny(seed=0, vocab=300):
+    torch.manual_seed(seed)
+    return Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=vocab))).eval()
+
+def _two_prompts(vocab=300):
+    "Two left-padded prompts with images of different sizes: rows, padded ids and mask, images."
+    from vlmkit.ovis.generation import left_pad
+    g = torch.Generator().manual_seed(1)
+    a, b = random_sample((8, 8), 12, vocab=vocab, generator=g), random_sample((4, 8), 5, vocab=vocab, generator=g)
+    rows = [a['input_ids'][0], b['input_ids'][0]]
+    images = dict(pixel_values=torch.cat([a['pixel_values'], b['pixel_values']]), grid_thws=torch.cat([a['grid_thws'], b['grid_thws']]))
+    ids, mask = left_pad(rows, 0)
+    return rows, ids, mask, images
+
+def test_inputs_embeds_forward_and_its_errors():
+    model = _tiny()
+    s = random_sample((8, 6), 9, vocab=300, generator=torch.Generator().manual_seed(0))
+    s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    with torch.no_grad():
+        embeds = model.merge_multimodal(s['input_ids'], s['pixel_values'], s['grid_thws'])
+        assert torch.equal(model(inputs_embeds=embeds).logits, model(**{k: v for k, v in s.items() if k != 'labels'}).logits)
+        # the lean loss path takes embeddings too
+        assert torch.allclose(model(inputs_embeds=embeds, labels=s['labels']).loss, model(**s).loss, atol=1e-6)
+    with pytest.raises(ValueError, match='not both'): model(input_ids=s['input_ids'], inputs_embeds=embeds)
+    with pytest.raises(ValueError, match='merge_multimodal'): model(inputs_embeds=embeds, pixel_values=s['pixel_values'], grid_thws=s['grid_thws'])
+    with pytest.raises(ValueError, match='needs input_ids'): model(attention_mask=torch.ones(1, 3))
+
+def test_embedding_accessors_are_the_llms():
+    model = _tiny()
+    assert model.get_input_embeddings() is model.llm.model.embed_tokens and model.get_output_embeddings() is model.llm.lm_head
+    new_in, new_out = torch.nn.Embedding(300, 64), torch.nn.Linear(64, 300, bias=False)
+    model.set_input_embeddings(new_in); model.set_output_embeddings(new_out)
+    assert model.llm.model.embed_tokens is new_in and model.get_input_embeddings() is new_in and model.llm.lm_head is new_out
+
+@pytest.mark.parametrize('cache_name', ['past_key_values', 'cache'])
+def test_cache_and_positions_pass_through_to_the_llm(cache_name):
+    "Prompt with use_cache, then one token with the cache and its position: the full forward's last logits."
+    from transformers import DynamicCache
+    model = _tiny()
+    s = random_sample((4, 8), 7, vocab=300, generator=torch.Generator().manual_seed(2))
+    ids, L = s['input_ids'], s['input_ids'].shape[1]
+    with torch.no_grad():
+        full = model(**s).logits
+        cache = DynamicCache(config=model.llm.config)
+        model(input_ids=ids[:, :-1], pixel_values=s['pixel_values'], grid_thws=s['grid_thws'], use_cache=True, **{cache_name: cache})
+        assert cache.get_seq_length() == L - 1
+        step = model(input_ids=ids[:, -1:], position_ids=torch.tensor([[L - 1]]), use_cache=True, **{cache_name: cache}).logits
+    assert cache.get_seq_length() == L
+    assert torch.allclose(step[0, -1], full[0, -1], atol=1e-5)
+
+def test_prepare_inputs_first_step_carries_the_images_later_steps_only_new_tokens():
+    from transformers import DynamicCache
+    model = _tiny()
+    rows, ids, mask, images = _two_prompts()
+    cache = DynamicCache(config=model.llm.config)
+    first = model.prepare_inputs_for_generation(ids, past_key_values=cache, attention_mask=mask, **images)
+    assert torch.equal(first['input_ids'], ids) and first['pixel_values'] is images['pixel_values'] and first['grid_thws'] is images['grid_thws']
+    assert torch.equal(first['position_ids'], (mask.cumsum(-1) - 1).clamp(min=0)) and first['past_key_values'] is cache
+    with torch.no_grad(): nxt = model(**first).logits[:, -1].argmax(-1, keepdim=True)
+    assert cache.get_seq_length() == ids.shape[1]
+    ids2, mask2 = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    later = model.prepare_inputs_for_generation(ids2, past_key_values=cache, attention_mask=mask2, **images)
+    assert torch.equal(later['input_ids'], nxt) and 'pixel_values' not in later and 'grid_thws' not in later
+    assert later['position_ids'].tolist() == [[len(rows[0])], [len(rows[1])]] and torch.equal(later['attention_mask'], mask2)
+    # transformers 5.2x names the cache `cache` and says how many tokens are new
+    named = model.prepare_inputs_for_generation(ids2, cache=cache, attention_mask=mask2, next_sequence_length=1, is_first_iteration=False, **images)
+    assert torch.equal(named['input_ids'], nxt) and named['past_key_values'] is cache
+    # without a cache every step is a full forward, images included
+    again = model.prepare_inputs_for_generation(ids2, attention_mask=mask2, use_cache=False, **images)
+    assert torch.equal(again['input_ids'], ids2) and again['pixel_values'] is images['pixel_values'] and again['use_cache'] is False
+
+def test_prepare_inputs_with_a_prompt_given_as_embeddings():
+    from transformers import DynamicCache
+    model = _tiny()
+    _, ids, mask, images = _two_prompts()
+    with torch.no_grad(): embeds = model.merge_multimodal(ids, **images)
+    cache = DynamicCache(config=model.llm.config)
+    first = model.prepare_inputs_for_generation(ids[:, :0], past_key_values=cache, attention_mask=mask, inputs_embeds=embeds)
+    assert first['inputs_embeds'] is embeds and 'input_ids' not in first and 'pixel_values' not in first
+    with torch.no_grad(): nxt = model(**first).logits[:, -1].argmax(-1, keepdim=True)
+    # generated ids only: the prompt lives in the cache, not in input_ids
+    later = model.prepare_inputs_for_generation(nxt, past_key_values=cache, attention_mask=torch.cat([mask, torch.ones_like(nxt)], 1),
+                                                inputs_embeds=embeds)
+    assert torch.equal(later['input_ids'], nxt) and 'inputs_embeds' not in later
+
+def _greedy_steps(model, ids, mask, n, **images):
+    "A transformers-style greedy loop over prepare_inputs_for_generation and forward."
+    from transformers import DynamicCache
+    cache, start = DynamicCache(config=model.config.get_text_config()), ids.shape[1]
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(**model.prepare_inputs_for_generation(ids, past_key_values=cache, attention_mask=mask, **images)).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids[:, start:]
+
+def test_step_loops_and_transformers_generate_equal_vlmkit_generate():
+    "A hand loop, GenerationMixin.generate (cached, uncached, prompt as embeddings) and vlmkit's batched generate agree."
+    from transformers import GenerationMixin
+    from vlmkit.ovis.generation import generate
+    model = _tiny()
+    rows, ids, mask, images = _two_prompts()
+    ours = generate(model, rows, **images, enable_thinking=False, max_new_tokens=6, eos_token_id=[], pad_token_id=0)
+    assert ours.shape == (2, 6)
+    assert torch.equal(_greedy_steps(model, ids, mask, 6, **images), ours)
+    hf = lambda **kw: GenerationMixin.generate(model, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0, **kw)
+    assert torch.equal(hf(input_ids=ids, **images)[:, ids.shape[1]:], ours)
+    assert torch.equal(hf(input_ids=ids, **images, use_cache=False)[:, ids.shape[1]:], ours)
+    with torch.no_grad(): embeds = model.merge_multimodal(ids, **images)
+    assert torch.equal(hf(inputs_embeds=embeds), ours)
+    # the official model.generate is still vlmkit's, and takes the prompt under either name
+    assert torch.equal(model.generate(input_ids=rows, **images, enable_thinking=False, max_new_tokens=6, eos_token_id=[], pad_token_id=0), ours)
+    with pytest.raises(ValueError, match='not both'): model.generate(rows, input_ids=rows, **images)

@@ -6,13 +6,13 @@ Docs: https://vlmkit.github.io/vlmkit/ovis_model.html.md"""
 
 # %% ../../nbs/11_ovis_model.ipynb #5a341d8b
 from __future__ import annotations
-import json
+import inspect, json
 from typing import Literal  # transformers' dataclass configs annotate fields with it; our subclasses' generated __init__ resolves names here (show_doc, inspect)
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedConfig, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -25,7 +25,7 @@ __all__ = ['VISUAL_ATOM_ID', 'INDICATOR_IDS', 'Ovis2_5_Config', 'Ovis2_5', 'Sigl
            'tiny_ovis25_config', 'block_order', 'navit_rotary', 'rotate_half', 'apply_rotary', 'window_partition',
            'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer', 'NavitEncoder',
            'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualTokenizer', 'Ovis2_5ForConditionalGeneration',
-           'causal_lm_loss', 'load_text_tokenizer', 'pack_samples', 'unpack', 'pack_by_budget', 'random_sample']
+           'causal_lm_loss', 'random_sample', 'load_text_tokenizer', 'pack_samples', 'unpack', 'pack_by_budget']
 
 # %% ../../nbs/11_ovis_model.ipynb #dbd4c141
 VISUAL_ATOM_ID = -300                     # one per visual token in input_ids
@@ -73,6 +73,10 @@ class Ovis2_5Config(PreTrainedConfig):
         if not isinstance(self.vit_config, PreTrainedConfig): self.vit_config = Siglip2NavitConfig(**(self.vit_config or {}))
         if self.hidden_size is None: self.hidden_size = self.llm_config.hidden_size
         super().__post_init__(**kwargs)
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        "The Qwen3 config: transformers' generation sizes its KV cache from it."
+        return self.llm_config
 
 Ovis2_5_Config = Ovis2_5Config  # the official name
 
@@ -245,7 +249,7 @@ class VisualTokenizer(nn.Module):
         return F.pad(probs, (0, len(INDICATOR_IDS)))
 
 # %% ../../nbs/11_ovis_model.ipynb #61e5a36c
-class Ovis2_5ForConditionalGeneration(PreTrainedModel):
+class Ovis2_5ForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = Ovis2_5Config
     base_model_prefix = "ovis2_5"
     main_input_name = "input_ids"
@@ -266,7 +270,9 @@ class Ovis2_5ForConditionalGeneration(PreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self): return self.llm.get_input_embeddings()
+    def set_input_embeddings(self, value): self.llm.set_input_embeddings(value)
     def get_output_embeddings(self): return self.llm.get_output_embeddings()
+    def set_output_embeddings(self, value): self.llm.set_output_embeddings(value)
     def get_wte(self): return self.llm.get_input_embeddings()
 
 # %% ../../nbs/11_ovis_model.ipynb #45bece27
@@ -323,11 +329,37 @@ def _packed_kwargs(self, position_ids, kwargs):
     m = int((cu[1:] - cu[:-1]).max())
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=m, max_length_k=m)
 
-def _forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor|None=None, pixel_values:torch.Tensor|None=None,
-            grid_thws:torch.Tensor|None=None, labels:torch.Tensor|None=None, position_ids:torch.Tensor|None=None,
-            return_logits:bool=False, **kwargs):
-    "Official-compatible forward: merge images into the text embeddings, then the Qwen3 LLM (loss when `labels`)."
-    embeds = self.merge_multimodal(input_ids, pixel_values, grid_thws)
+def _llm_params(llm) -> set:
+    "Names the LLM's forward takes (transformers renamed `past_key_values` to `cache` and dropped `cache_position` in 5.x)."
+    return set(inspect.signature(type(llm).forward).parameters)
+
+def _llm_kwargs(self, past_key_values, use_cache, cache_position, kwargs) -> dict:
+    "Cache arguments under the names this transformers version's LLM forward uses."
+    cache = past_key_values if past_key_values is not None else kwargs.pop('cache', None)
+    names = _llm_params(self.llm)
+    if cache is not None: kwargs['cache' if 'cache' in names else 'past_key_values'] = cache
+    if use_cache is not None: kwargs['use_cache'] = use_cache
+    if cache_position is not None and 'cache_position' in names: kwargs['cache_position'] = cache_position
+    return kwargs
+
+def _embed_inputs(self, input_ids=None, pixel_values=None, grid_thws=None, inputs_embeds=None) -> torch.Tensor:
+    "`inputs_embeds` as given, or merged from `input_ids` and the images; exactly one of the two."
+    if inputs_embeds is None:
+        if input_ids is None: raise ValueError("forward needs input_ids (with pixel_values and grid_thws for images) or inputs_embeds")
+        return self.merge_multimodal(input_ids, pixel_values, grid_thws)
+    if input_ids is not None: raise ValueError("pass input_ids or inputs_embeds, not both: inputs_embeds replaces the merge of input_ids and images")
+    if pixel_values is not None or grid_thws is not None:
+        raise ValueError("pixel_values/grid_thws given with inputs_embeds: images are merged from input_ids; "
+                         "build inputs_embeds with model.merge_multimodal(input_ids, pixel_values, grid_thws) instead")
+    return inputs_embeds
+
+def _forward(self, input_ids:torch.Tensor|None=None, attention_mask:torch.Tensor|None=None, pixel_values:torch.Tensor|None=None,
+             grid_thws:torch.Tensor|None=None, labels:torch.Tensor|None=None, position_ids:torch.Tensor|None=None,
+             past_key_values=None, inputs_embeds:torch.Tensor|None=None, use_cache:bool|None=None,
+             cache_position:torch.Tensor|None=None, return_logits:bool=False, **kwargs):
+    "Official-compatible forward: merge images into the text embeddings (or take `inputs_embeds`), then the Qwen3 LLM (loss when `labels`)."
+    embeds = _embed_inputs(self, input_ids, pixel_values, grid_thws, inputs_embeds)
+    kwargs = _llm_kwargs(self, past_key_values, use_cache, cache_position, kwargs)
     kwargs |= _packed_kwargs(self, position_ids, kwargs)
     if labels is None or return_logits:
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels, **kwargs)
@@ -337,6 +369,17 @@ def _forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor|None=None
     return CausalLMOutputWithPast(loss=causal_lm_loss(out.last_hidden_state, labels, self.llm.lm_head, n_items))
 
 Ovis2_5ForConditionalGeneration.forward = _forward
+
+# %% ../../nbs/11_ovis_model.ipynb #5ca66b03
+def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=768, stride:int=2, generator=None) -> dict:
+    "A synthetic `(input_ids, pixel_values, grid_thws)` sample: text, then one image of `grid_hw` patches (or none)."
+    g = generator
+    text = torch.randint(0, vocab, (n_text,), generator=g)
+    if grid_hw is None: return dict(input_ids=text[None], pixel_values=None, grid_thws=None)
+    h, w = grid_hw
+    atoms = torch.full((h * w // stride ** 2,), VISUAL_ATOM_ID)
+    ids = torch.cat([text[:n_text // 2], torch.tensor([INDICATOR_IDS[0]]), atoms, torch.tensor([INDICATOR_IDS[1]]), text[n_text // 2:]])
+    return dict(input_ids=ids[None], pixel_values=torch.randn(h * w, patch_dim, generator=g), grid_thws=torch.tensor([[1, h, w]]))
 
 # %% ../../nbs/11_ovis_model.ipynb #afb02cfd
 def _checkpoint_keys(folder:Path) -> set[str]:
@@ -394,6 +437,9 @@ def _preprocess_inputs(self, messages, *args, **kwargs):
 def _generate(self, inputs:torch.Tensor|None=None, **kwargs):
     "Official `model.generate(input_ids, pixel_values=..., grid_thws=..., enable_thinking=..., thinking_budget=..., ...)`."
     from vlmkit.ovis.generation import generate as _gen
+    if 'input_ids' in kwargs:  # PEFT and transformers callers name the prompt input_ids
+        if inputs is not None: raise ValueError("pass the prompt as inputs or input_ids, not both")
+        inputs = kwargs.pop('input_ids')
     return _gen(self, inputs, **kwargs)
 
 Ovis2_5ForConditionalGeneration.preprocess_inputs = _preprocess_inputs
@@ -405,6 +451,37 @@ def _register_auto():
     AutoConfig.register("ovis2_5", Ovis2_5Config, exist_ok=True)
     AutoModelForCausalLM.register(Ovis2_5Config, Ovis2_5ForConditionalGeneration, exist_ok=True)
 _register_auto()
+
+# %% ../../nbs/11_ovis_model.ipynb #e567b102
+def _cache_length(cache) -> int:
+    if cache is None: return 0
+    if isinstance(cache, (tuple, list)): return cache[0][0].shape[-2] if len(cache) else 0  # legacy tuples
+    return int(cache.get_seq_length())
+
+def _prepare_inputs_for_generation(self, input_ids:torch.Tensor, past_key_values=None, pixel_values:torch.Tensor|None=None,
+                                   grid_thws:torch.Tensor|None=None, attention_mask:torch.Tensor|None=None,
+                                   inputs_embeds:torch.Tensor|None=None, **kwargs) -> dict:
+    "One decoding step's `forward` inputs: the whole prompt with its images while the cache is empty, then only the new tokens."
+    cache = past_key_values if past_key_values is not None else kwargs.pop('cache', None)
+    position_ids, cache_position = kwargs.pop('position_ids', None), kwargs.pop('cache_position', None)
+    n_new, use_cache = kwargs.pop('next_sequence_length', None), kwargs.pop('use_cache', True)
+    for k in ('is_first_iteration', 'labels'): kwargs.pop(k, None)
+    seen = _cache_length(cache)
+    if seen == 0:  # prefill (and every step without a cache): the visual tokens enter here, and only here
+        step = dict(inputs_embeds=inputs_embeds) if inputs_embeds is not None else \
+               dict(input_ids=input_ids, pixel_values=pixel_values, grid_thws=grid_thws)
+        n_new = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+    else:
+        # tokens past the cache; with a prompt given as embeddings, input_ids hold only the generated tokens
+        if n_new is None: n_new = len(cache_position) if cache_position is not None else max(input_ids.shape[1] - seen, 1)
+        step = dict(input_ids=input_ids[:, -n_new:])
+    if position_ids is None and attention_mask is not None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: every row counts from its first token
+    if position_ids is not None: step['position_ids'] = position_ids[..., -n_new:]
+    if cache_position is not None: step['cache_position'] = cache_position[-n_new:]
+    return step | dict(past_key_values=cache, attention_mask=attention_mask, use_cache=use_cache) | kwargs
+
+Ovis2_5ForConditionalGeneration.prepare_inputs_for_generation = _prepare_inputs_for_generation
 
 # %% ../../nbs/11_ovis_model.ipynb #4f4e59fa
 def _as_sample(s) -> dict:
@@ -447,14 +524,3 @@ def pack_by_budget(costs, budget) -> list[list[int]]:
         if cur and bool((total + c > budget).any()): packs.append(cur); cur, total = [], None
         cur.append(i); total = c if total is None else total + c
     return packs + [cur] if cur else packs
-
-# %% ../../nbs/11_ovis_model.ipynb #5ca66b03
-def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=768, stride:int=2, generator=None) -> dict:
-    "A synthetic `(input_ids, pixel_values, grid_thws)` sample: text, then one image of `grid_hw` patches (or none)."
-    g = generator
-    text = torch.randint(0, vocab, (n_text,), generator=g)
-    if grid_hw is None: return dict(input_ids=text[None], pixel_values=None, grid_thws=None)
-    h, w = grid_hw
-    atoms = torch.full((h * w // stride ** 2,), VISUAL_ATOM_ID)
-    ids = torch.cat([text[:n_text // 2], torch.tensor([INDICATOR_IDS[0]]), atoms, torch.tensor([INDICATOR_IDS[1]]), text[n_text // 2:]])
-    return dict(input_ids=ids[None], pixel_values=torch.randn(h * w, patch_dim, generator=g), grid_thws=torch.tensor([[1, h, w]]))
