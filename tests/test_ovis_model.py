@@ -200,7 +200,7 @@ def test_varlen_llm_never_builds_a_mask(monkeypatch):
 
 def test_lean_loss_equals_transformers_loss():
     "vlmkit's loss (labelled rows only, chunked) equals transformers' loss from full logits, with and without num_items_in_batch."
-    from vlmkit.ovis.modeling import causal_lm_loss
+    from vlmkit.ovis.modeling import labelled_lm_loss
     torch.manual_seed(0)
     model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).eval()
     g = torch.Generator().manual_seed(0)
@@ -214,8 +214,24 @@ def test_lean_loss_equals_transformers_loss():
         n = int((batch['labels'][:, 1:] != -100).sum())
         assert torch.allclose(model(**batch, num_items_in_batch=2 * n).loss, full.loss / 2, atol=1e-6)
         h = torch.randn(1, 5, 64)
-        assert torch.allclose(causal_lm_loss(h, torch.tensor([[1, 2, 3, 4, 5]]), model.llm.lm_head, chunk=2),
+        assert torch.allclose(labelled_lm_loss(h, torch.tensor([[1, 2, 3, 4, 5]]), model.llm.lm_head, chunk=2),
                               torch.nn.functional.cross_entropy(model.llm.lm_head(h[0, :-1]), torch.tensor([2, 3, 4, 5])), atol=1e-6)
+
+def test_lean_loss_gradients_equal_transformers_loss_gradients():
+    "Training through the lean loss moves every parameter exactly as transformers' full-logits loss does."
+    torch.manual_seed(0)
+    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
+    g = torch.Generator().manual_seed(1)
+    samples = [random_sample(hw, n, vocab=300, generator=g) for hw, n in [((4, 6), 9), (None, 7)]]
+    for s in samples: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    batch = {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
+    grads = []
+    for full in (False, True):
+        model.zero_grad()
+        model(**batch, return_logits=full).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]: assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
 
 def test_visual_chunks_change_nothing_but_memory():
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from torch.utils.checkpoint import checkpoint
+from ..loss import linear_cross_entropy, shift_labels
 from ..attention import (varlen_attention, cu_seqlens_from_lengths, cu_seqlens_from_position_ids,
                               register_varlen_attention, VARLEN_IMPL)
 
@@ -25,7 +26,7 @@ __all__ = ['VISUAL_ATOM_ID', 'INDICATOR_IDS', 'Ovis2_5_Config', 'Ovis2_5', 'Sigl
            'tiny_ovis25_config', 'block_order', 'navit_rotary', 'rotate_half', 'apply_rotary', 'window_partition',
            'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer', 'NavitEncoder',
            'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualTokenizer', 'Ovis2_5ForConditionalGeneration',
-           'causal_lm_loss', 'random_sample', 'load_text_tokenizer', 'pack_samples', 'unpack', 'pack_by_budget']
+           'labelled_lm_loss', 'random_sample', 'load_text_tokenizer', 'pack_samples', 'unpack', 'pack_by_budget']
 
 # %% ../../nbs/11_ovis_model.ipynb #dbd4c141
 VISUAL_ATOM_ID = -300                     # one per visual token in input_ids
@@ -310,16 +311,14 @@ Ovis2_5ForConditionalGeneration.visual_embeddings = _visual_embeddings
 Ovis2_5ForConditionalGeneration.merge_multimodal = _merge_multimodal
 
 # %% ../../nbs/11_ovis_model.ipynb #3916eddf
-def causal_lm_loss(hidden:torch.Tensor, labels:torch.Tensor, lm_head:nn.Module, num_items_in_batch=None, chunk:int=1024) -> torch.Tensor:
-    "Next-token cross entropy (ignore -100) without materialising all logits: labelled rows only, chunked, checkpointed."
-    y = labels[..., 1:].reshape(-1).to(hidden.device)
+def labelled_lm_loss(hidden:torch.Tensor, labels:torch.Tensor, lm_head:nn.Module, num_items_in_batch=None, chunk:int=1024) -> torch.Tensor:
+    "Next-token cross entropy (ignore -100) over the labelled positions only, through `vlmkit.loss.linear_cross_entropy`."
+    y = shift_labels(labels).reshape(-1).to(hidden.device)
     keep = y != -100
-    h, y = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])[keep], y[keep]
-    def chunk_loss(hc, yc): return F.cross_entropy(lm_head(hc).float(), yc, reduction='sum')
-    parts = [checkpoint(chunk_loss, hc, yc, use_reentrant=False) if torch.is_grad_enabled() else chunk_loss(hc, yc)
-             for hc, yc in zip(h.split(chunk), y.split(chunk))]
-    total = torch.stack(parts).sum() if parts else hidden.sum() * 0
-    return total / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
+    h, y = hidden.reshape(-1, hidden.shape[-1])[keep], y[keep]
+    if not len(y): return hidden.sum() * 0
+    mean = linear_cross_entropy(h, lm_head.weight, y, chunk_size=chunk)
+    return mean if num_items_in_batch is None else mean * len(y) / num_items_in_batch
 
 def _packed_kwargs(self, position_ids, kwargs):
     "cu_seqlens for the varlen LLM layers, from position ids (one host sync per forward, not per layer)."
@@ -366,7 +365,7 @@ def _forward(self, input_ids:torch.Tensor|None=None, attention_mask:torch.Tensor
     n_items = kwargs.pop('num_items_in_batch', None)
     kwargs.setdefault('use_cache', False)
     out = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-    return CausalLMOutputWithPast(loss=causal_lm_loss(out.last_hidden_state, labels, self.llm.lm_head, n_items))
+    return CausalLMOutputWithPast(loss=labelled_lm_loss(out.last_hidden_state, labels, self.llm.lm_head, n_items))
 
 Ovis2_5ForConditionalGeneration.forward = _forward
 
