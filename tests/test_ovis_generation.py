@@ -104,7 +104,7 @@ def official_two_phase(model, ids, pv, grid, budget, max_new_tokens, eos_id, pad
         return model.llm.generate(inputs_embeds=embeds, attention_mask=ids.ne(pad_id), max_new_tokens=max_new_tokens, **kw)
     first = model.llm.generate(inputs_embeds=embeds, attention_mask=ids.ne(pad_id), max_new_tokens=budget, **kw)
     if eos_id in first[0].tolist(): return first
-    appended = first if think_end_id in first[0].tolist() else torch.cat([first, torch.tensor([stop_ids])], -1)
+    appended = first if think_end_id in first[0].tolist() else torch.cat([first, torch.tensor([stop_ids], device=first.device)], -1)
     full = torch.cat([ids, appended], -1)
     embeds2 = torch.cat([embeds, model.merge_multimodal(appended, None, None)], 1)
     second = model.llm.generate(inputs_embeds=embeds2, attention_mask=full.ne(pad_id),
