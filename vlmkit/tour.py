@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from .images import synthetic_image
 from .boxes import box_iou, convert_boxes, format_boxes, parse_boxes, draw_parsed
-from .internvl.tiling import plan_tiles, load_image as internvl_load_image
+from .internvl.tiling import plan_tiles, draw_tile_grid, load_image as internvl_load_image
 from .testing import tiny_internvl, n_params
 
 # %% auto #0
@@ -69,7 +69,7 @@ def simulated_predictions(n:int=50, noise:float=0.15, seed:int=0) -> tuple[list,
 
 def acc_at(truth:np.ndarray, preds:np.ndarray, thresh:float=0.5) -> tuple[float, np.ndarray]:
     "Acc@`thresh`: the share of predictions whose IoU with their own truth box is >= `thresh`, and the IoUs."
-    iou = np.array([box_iou(p, t) for p, t in zip(preds, truth)])
+    iou = box_iou(preds, truth).diagonal()
     return float((iou >= thresh).mean()), iou
 
 # %% ../nbs/80_tour.ipynb #62625ec5
@@ -79,9 +79,7 @@ def tour_figure(image, tiling:dict, grounding:dict, ious:np.ndarray, acc:float):
     import matplotlib.pyplot as plt
     plan = tiling['plan']
     fig, axs = plt.subplots(1, 3, figsize=(15, 4))
-    axs[0].imshow(image); w, h = image.size
-    for c in range(1, plan.cols): axs[0].axvline(c * w / plan.cols, color='yellow')
-    for r in range(1, plan.rows): axs[0].axhline(r * h / plan.rows, color='yellow')
+    draw_tile_grid(axs[0], image, plan, indices=False)
     axs[0].set_title(f"InternVL tiles: {plan.cols}x{plan.rows} + thumbnail = {plan.num_tiles} ({plan.num_tokens()} tokens)")
     axs[1].imshow(grounding['drawn'])
     axs[1].set_title(f"parsed answer: {len(grounding['parsed'].found)} boxes, {len(grounding['parsed'].rejected)} rejected")

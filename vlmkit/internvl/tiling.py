@@ -19,7 +19,7 @@ from ..images import load_image as _load_image, to_rgb, synthetic_image, ImageLo
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TOKENS_PER_TILE', 'VARIANTS', 'SAMPLE_SIZES', 'open_rgb', 'target_ratios',
            'find_closest_aspect_ratio', 'TilePlan', 'check_image_size', 'plan_tiles', 'dynamic_preprocess',
            'build_transform', 'tiles_reference', 'official_pixels', 'resize_exact', 'tiles_fast', 'load_image',
-           'TileDataset', 'collate_tiles', 'tile_loader', 'show_tiles', 'TileExplorer']
+           'TileDataset', 'collate_tiles', 'tile_loader', 'draw_tile_grid', 'show_tiles', 'TileExplorer']
 
 # %% ../../nbs/20_internvl_tiling.ipynb #568271a8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -254,21 +254,26 @@ def tile_loader(images, batch_size=8, num_workers=0, input_size=448, max_num=12,
 # %% ../../nbs/20_internvl_tiling.ipynb #f88d996d
 def _synthetic(seed:int, size:tuple[int, int]) -> Image.Image: return synthetic_image(seed, size)[0]
 
+def draw_tile_grid(ax, image:Image.Image, plan:TilePlan, indices:bool=True):
+    "Draw `image` on the matplotlib `ax` with `plan`'s tile boundaries and, optionally, the tiles' reading order."
+    ax.imshow(image)
+    w, h = image.size
+    for c in range(1, plan.cols): ax.axvline(c * w / plan.cols, color='yellow', lw=1.5)
+    for r in range(1, plan.rows): ax.axhline(r * h / plan.rows, color='yellow', lw=1.5)
+    if indices:
+        for i in range(plan.blocks):
+            ax.text((i % plan.cols + .5) * w / plan.cols, (i // plan.cols + .5) * h / plan.rows, str(i), color='yellow',
+                    ha='center', va='center', fontsize=12, weight='bold', bbox=dict(fc='black', alpha=.4, lw=0))
+    return ax
+
 def show_tiles(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True, plan:TilePlan|None=None, figsize=(9, 4)):
     "Figure: the image with its tile grid and tile indices, and the thumbnail (last tile) when there is one."
     import matplotlib.pyplot as plt
     image = open_rgb(image)
     p = plan or plan_tiles(*image.size, min_num, max_num, image_size, use_thumbnail)
     fig, axs = plt.subplots(1, 2, figsize=figsize, gridspec_kw=dict(width_ratios=[3, 1]))
-    ax = axs[0]
-    ax.imshow(image)
-    w, h = image.size
-    for c in range(1, p.cols): ax.axvline(c * w / p.cols, color='yellow', lw=1.5)
-    for r in range(1, p.rows): ax.axhline(r * h / p.rows, color='yellow', lw=1.5)
-    for i in range(p.blocks):
-        ax.text((i % p.cols + .5) * w / p.cols, (i // p.cols + .5) * h / p.rows, str(i), color='yellow',
-                ha='center', va='center', fontsize=12, weight='bold', bbox=dict(fc='black', alpha=.4, lw=0))
-    ax.set_title(f"{p.width}x{p.height}: grid {p.cols}x{p.rows}, {p.num_tiles} tiles, {p.num_tokens()} tokens")
+    draw_tile_grid(axs[0], image, p)
+    axs[0].set_title(f"{p.width}x{p.height}: grid {p.cols}x{p.rows}, {p.num_tiles} tiles, {p.num_tokens()} tokens")
     axs[1].set_title(f"tile {p.blocks}: thumbnail" if p.thumbnail else "no thumbnail")
     if p.thumbnail: axs[1].imshow(image.resize((p.image_size, p.image_size)))
     for a in axs: a.axis('off')
