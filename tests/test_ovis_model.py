@@ -198,15 +198,19 @@ def test_varlen_llm_never_builds_a_mask(monkeypatch):
     with torch.no_grad(): model(input_ids=batch['input_ids'], position_ids=batch['position_ids'], pixel_values=batch['pixel_values'], grid_thws=batch['grid_thws'])
     assert calls == []
 
+def _labelled_batch(seed:int) -> dict:
+    "A packed batch of an image sample and a text-only one, every text token labelled (visual positions -100)."
+    g = torch.Generator().manual_seed(seed)
+    samples = [random_sample(hw, n, vocab=300, generator=g) for hw, n in [((4, 6), 9), (None, 7)]]
+    for s in samples: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    return {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
+
 def test_lean_loss_equals_transformers_loss():
     "vlmkit's loss (labelled rows only, chunked) equals transformers' loss from full logits, with and without num_items_in_batch."
     from vlmkit.ovis.modeling import labelled_lm_loss
     torch.manual_seed(0)
     model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).eval()
-    g = torch.Generator().manual_seed(0)
-    samples = [random_sample(hw, n, vocab=300, generator=g) for hw, n in [((4, 6), 9), (None, 7)]]
-    for s in samples: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
-    batch = {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
+    batch = _labelled_batch(seed=0)
     with torch.no_grad():
         lean, full = model(**batch), model(**batch, return_logits=True)
         assert lean.logits is None and full.logits is not None
@@ -221,10 +225,7 @@ def test_lean_loss_gradients_equal_transformers_loss_gradients():
     "Training through the lean loss moves every parameter exactly as transformers' full-logits loss does."
     torch.manual_seed(0)
     model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
-    g = torch.Generator().manual_seed(1)
-    samples = [random_sample(hw, n, vocab=300, generator=g) for hw, n in [((4, 6), 9), (None, 7)]]
-    for s in samples: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
-    batch = {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
+    batch = _labelled_batch(seed=1)
     grads = []
     for full in (False, True):
         model.zero_grad()
