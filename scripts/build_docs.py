@@ -10,7 +10,8 @@ run here first. `#| gpu` and `#| slow` cells are never executed by the docs buil
 """
 import shutil, sys, argparse, importlib.util
 from pathlib import Path
-from fastcore.nbio import read_nb, write_nb
+from fastcore.nbio import write_nb
+from nbdev.process import NBProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS, BUILD = ROOT/'nbs', ROOT/'_build'
@@ -22,18 +23,15 @@ def _notebook_runner():
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     return mod
 
-def _flags(cell):
-    first = [l for l in cell.get('source', '').splitlines() if l.startswith('#|')]
-    return {w for l in first for w in l[2:].replace(':', ' ').split()}
-
 def _needs_no_rerun(cell) -> bool:
     "A cell whose outputs are already in the executed notebook: anything but exports and pure-import cells."
     import ast
-    if _flags(cell) & NEVER_EXEC: return True
-    if _flags(cell) & {'export', 'exports', 'exporti'}: return False
-    try: tree = ast.parse('\n'.join(l for l in cell.source.splitlines() if not l.lstrip().startswith(('%', '!'))))
-    except SyntaxError: return True
-    return any(not isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+    flags = cell.directives_.keys()
+    if flags & NEVER_EXEC: return True
+    if flags & {'export', 'exports', 'exporti'}: return False
+    stmts = cell.parsed_()  # nbdev's parse of the top-level statements: directives and magics already handled
+    if stmts is None: return True
+    return any(not isinstance(n, (ast.Import, ast.ImportFrom)) for n in stmts)
 
 def mark_unexecutable(nb):
     """Prefix `#| eval: false` to the cells nbdev's doc processors must not run again: gpu/slow cells (never
@@ -57,7 +55,7 @@ def stage(execute_missing=True):
                 runner = runner or _notebook_runner()
                 print(f'executing {src.name} (no fresh executed copy)')
                 runner.run_notebook(src, sorted(NEVER_EXEC), [], done)
-        write_nb(mark_unexecutable(read_nb(done)), STAGE/src.name)
+        write_nb(mark_unexecutable(NBProcessor(done, rm_directives=False, process=True).nb), STAGE/src.name)
 
 def build(execute_missing=True):
     import os
