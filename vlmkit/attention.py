@@ -7,12 +7,14 @@ Docs: https://vlmkit.github.io/vlmkit/attention.html.md"""
 # %% ../nbs/04_attention.ipynb #66dadcb0
 from __future__ import annotations
 import inspect, math
+from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['VARLEN_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen', 'varlen_backend',
-           'varlen_attention', 'varlen_attention_forward', 'register_varlen_attention']
+__all__ = ['BACKENDS', 'VARLEN_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
+           'attention_backend', 'varlen_backend', 'varlen_attention', 'varlen_attention_forward',
+           'register_varlen_attention']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -67,13 +69,30 @@ try: from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
 except Exception: _torch_varlen_attn = None
 
 _TORCH_VARLEN_PARAMS = set(inspect.signature(_torch_varlen_attn).parameters) if _torch_varlen_attn else set()
+BACKENDS = ('flash_attn', 'torch_varlen', 'sdpa')
+_forced = None
+
+@contextmanager
+def attention_backend(name:str):
+    "Within the block, `varlen_attention` uses backend `name` (one of `BACKENDS`) or fails saying why it cannot."
+    global _forced
+    if name not in BACKENDS: raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
+    old, _forced = _forced, name
+    try: yield
+    finally: _forced = old
 
 def varlen_backend(q:torch.Tensor) -> str:
-    "Which kernel `varlen_attention` uses for `q`: 'flash_attn', 'torch_varlen' or 'sdpa'."
-    fused_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-    if fused_ok and flash_attn_varlen_func is not None: return 'flash_attn'
-    if fused_ok and _torch_varlen_attn is not None: return 'torch_varlen'
-    return 'sdpa'
+    "Which kernel `varlen_attention` uses for `q`: one of `BACKENDS`."
+    if _forced: return _forced
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)): return 'sdpa'
+    if flash_attn_varlen_func is not None: return 'flash_attn'
+    return 'torch_varlen' if _torch_varlen_attn is not None else 'sdpa'
+
+def _to_device(cu:torch.Tensor, device) -> torch.Tensor:
+    "Borders on `device`, int32; a host tensor goes through pinned memory so the copy never waits for the GPU."
+    cu = cu.to(dtype=torch.int32)
+    if cu.device == device or cu.is_cuda: return cu.to(device)
+    return (cu.pin_memory() if device.type == 'cuda' else cu).to(device, non_blocking=True)
 
 def _torch_varlen(q, k, v, cu, max_seqlen, causal, scale, window):
     kw, P = {}, _TORCH_VARLEN_PARAMS
@@ -88,9 +107,10 @@ def _torch_varlen(q, k, v, cu, max_seqlen, causal, scale, window):
     return _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, **kw)
 
 # %% ../nbs/04_attention.ipynb #33c9f937
+@torch.compiler.disable  # reads host borders: compiled blocks run it eagerly between two graphs
 def varlen_attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, cu_seqlens:torch.Tensor, max_seqlen:int|None=None,
                      causal:bool=False, scale:float|None=None, window:int|None=None) -> torch.Tensor:
-    "Attention of each packed sequence (borders `cu_seqlens`) with itself only; returns `[total, heads, head_dim]`."
+    "Attention of each packed sequence (borders `cu_seqlens`, host or device) with itself only; returns `[total, heads, head_dim]`."
     if q.ndim != 3 or k.ndim != 3 or v.ndim != 3: raise ValueError(f"q, k, v must be [total, heads, head_dim], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[1] % k.shape[1]: raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if not cu_seqlens.is_cuda and int(cu_seqlens[-1]) != q.shape[0]:  # checked on the host only: no GPU sync per layer
@@ -98,11 +118,13 @@ def varlen_attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, cu_seqlens:
     if window is not None and not causal: raise ValueError("window is only defined for causal attention")
     backend = varlen_backend(q)
     if backend == 'sdpa': return sdpa_varlen(q, k, v, cu_seqlens.to(q.device), causal, scale, window)
-    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-    if max_seqlen is None: max_seqlen = int((cu[1:] - cu[:-1]).max())
+    if max_seqlen is None: max_seqlen = int(cu_seqlens.diff().max())
+    cu = _to_device(cu_seqlens, q.device)
     if backend == 'flash_attn':
+        if flash_attn_varlen_func is None: raise ValueError("attention backend 'flash_attn' asked for, but flash-attn is not installed")
         win = (-1, -1) if window is None else (window - 1, 0)
         return flash_attn_varlen_func(q, k, v, cu, cu, max_seqlen, max_seqlen, softmax_scale=scale, causal=causal, window_size=win)
+    if _torch_varlen_attn is None: raise ValueError("attention backend 'torch_varlen' asked for, but this PyTorch has no torch.nn.attention.varlen")
     return _torch_varlen(q, k, v, cu, max_seqlen, causal, scale, window)
 
 # %% ../nbs/04_attention.ipynb #daf5b1a8
