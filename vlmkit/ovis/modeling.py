@@ -6,7 +6,7 @@ Docs: https://vlmkit.github.io/vlmkit/ovis_model.html.md"""
 
 # %% ../../nbs/11_ovis_model.ipynb #5a341d8b
 from __future__ import annotations
-import inspect, json
+import functools, inspect, json
 from typing import Literal  # transformers' dataclass configs annotate fields with it; our subclasses' generated __init__ resolves names here (show_doc, inspect)
 from pathlib import Path
 import torch
@@ -24,7 +24,7 @@ from ..attention import (varlen_attention, cu_seqlens_from_lengths, cu_seqlens_f
 # %% auto #0
 __all__ = ['VISUAL_ATOM_ID', 'INDICATOR_IDS', 'Ovis2_5_Config', 'Ovis2_5', 'Siglip2NavitConfig', 'Ovis2_5Config',
            'tiny_ovis25_config', 'block_order', 'navit_rotary', 'rotate_half', 'apply_rotary', 'window_partition',
-           'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer', 'NavitEncoder',
+           'bicubic_weights', 'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer', 'NavitEncoder',
            'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualTokenizer', 'Ovis2_5ForConditionalGeneration',
            'labelled_lm_loss', 'random_sample', 'load_text_tokenizer', 'pack_samples', 'unpack', 'pack_by_budget']
 
@@ -139,6 +139,12 @@ def window_partition(grid_thws:torch.Tensor, window:int, stride:int):
     return torch.cat(perm), lengths
 
 # %% ../../nbs/11_ovis_model.ipynb #5ec1b327
+@functools.lru_cache(maxsize=256)
+def bicubic_weights(n_in:int, n_out:int, device=None) -> torch.Tensor:
+    "`[n_out, n_in]` matrix doing along one axis what `F.interpolate(mode='bicubic', align_corners=False)` does."
+    one_hot = torch.eye(n_in, device=device)[None, :, :, None]   # channel c: a column that is 1 at row c
+    return F.interpolate(one_hot, size=(n_out, 1), mode='bicubic', align_corners=False)[0, :, :, 0].T.contiguous()
+
 class NavitEmbeddings(nn.Module):
     "Patch embedding plus the absolute position grid resized to each image."
     def __init__(self, c:Siglip2NavitConfig):
@@ -150,10 +156,11 @@ class NavitEmbeddings(nn.Module):
         if c.preserve_original_pe: self.position_embedding = nn.Embedding(self.side ** 2, D)
 
     def positions(self, grid_thws:torch.Tensor) -> torch.Tensor:
-        table = self.position_embedding.weight.float().reshape(self.side, self.side, -1).permute(2, 0, 1)[None]
+        S, table = self.side, self.position_embedding.weight.float()
         out = []
         for t, h, w in grid_thws.tolist():
-            pe = F.interpolate(table, size=(h, w), mode='bicubic', align_corners=False)[0].permute(1, 2, 0)
+            rows = (bicubic_weights(S, h, table.device) @ table.view(S, -1)).view(h, S, -1)   # [h, S, D]
+            pe = bicubic_weights(S, w, table.device) @ rows                                    # [h, w, D]
             out.append(block_order(pe, self.stride).repeat(t, 1))
         return torch.cat(out)
 
@@ -201,11 +208,11 @@ class NavitEncoder(nn.Module):
         c, grid = self.config, grid_thws.cpu()
         rope = navit_rotary(grid, c.hidden_size // c.num_attention_heads, c.hidden_stride) if c.use_rope else None
         frames = [h * w for t, h, w in grid.tolist() for _ in range(t)]
-        full = (cu_seqlens_from_lengths(frames).to(x.device), max(frames))
+        full = (cu_seqlens_from_lengths(frames), max(frames))  # host borders: no sync, and cuDNN on GPU
         perm = None
         if len(c.full_attention_layers) < c.num_hidden_layers:
             perm, wins = window_partition(grid, self.window, c.hidden_stride)
-            windowed = (cu_seqlens_from_lengths(wins).to(x.device), max(wins))
+            windowed = (cu_seqlens_from_lengths(wins), max(wins))
             x = x[perm.to(x.device)]
             if rope is not None: rope = tuple(r[perm] for r in rope)
         if rope is not None: rope = tuple(r.to(x.device) for r in rope)
@@ -244,8 +251,15 @@ class VisualTokenizer(nn.Module):
         x = self.vit(pixel_values, grid_thws)
         return x.reshape(x.shape[0] // self.vit.config.hidden_stride ** 2, -1)
 
+    def logits(self, features:torch.Tensor) -> torch.Tensor:
+        "`self.head(features)`, its matmul padded to a multiple of 64 columns (65,532 would send cuBLAS to unaligned kernels)."
+        linear, norm = self.head
+        n = linear.out_features
+        weight = F.pad(linear.weight, (0, 0, 0, -n % 64))
+        return norm(F.linear(features, weight)[:, :n])
+
     def forward(self, pixel_values, grid_thws):
-        logits = self.head(self.encode(pixel_values, grid_thws))
+        logits = self.logits(self.encode(pixel_values, grid_thws))
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
         return F.pad(probs, (0, len(INDICATOR_IDS)))
 
@@ -280,11 +294,12 @@ class Ovis2_5ForConditionalGeneration(PreTrainedModel, GenerationMixin):
 def _visual_embeddings(self, pixel_values:torch.Tensor, grid_thws:torch.Tensor) -> torch.Tensor:
     "`[visual tokens, hidden]`: expected `vte` rows under each token's visual-word distribution (`self.visual_chunk` rows at a time)."
     chunk = self.visual_chunk
-    vt, n = self.visual_tokenizer, self.config.visual_vocab_size - len(INDICATOR_IDS)
+    vt = self.visual_tokenizer
     feats = vt.encode(pixel_values.to(self.vte.weight.dtype), grid_thws)
-    def embed(f):
-        logits = vt.head(f)
-        return torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype) @ self.vte.weight[:n]
+    def embed(f):  # the indicator columns of the padded probabilities are 0: the full, aligned table gives the same sum
+        logits = vt.logits(f)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
+        return F.pad(probs, (0, len(INDICATOR_IDS))) @ self.vte.weight
     if not torch.is_grad_enabled() or not chunk: return embed(feats)
     return torch.cat([checkpoint(embed, f, use_reentrant=False) for f in feats.split(chunk)])
 
@@ -321,11 +336,11 @@ def labelled_lm_loss(hidden:torch.Tensor, labels:torch.Tensor, lm_head:nn.Module
     return mean if num_items_in_batch is None else mean * len(y) / num_items_in_batch
 
 def _packed_kwargs(self, position_ids, kwargs):
-    "cu_seqlens for the varlen LLM layers, from position ids (one host sync per forward, not per layer)."
+    "Host cu_seqlens for the varlen LLM layers, from position ids (one host sync per forward, not per layer)."
     if position_ids is None or 'cu_seq_lens_q' in kwargs or self.llm.config._attn_implementation != VARLEN_IMPL: return {}
     if kwargs.get('past_key_values') is not None or kwargs.get('cache') is not None: return {}
-    cu = cu_seqlens_from_position_ids(position_ids)
-    m = int((cu[1:] - cu[:-1]).max())
+    cu = cu_seqlens_from_position_ids(position_ids.cpu())
+    m = int(cu.diff().max())
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=m, max_length_k=m)
 
 def _llm_params(llm) -> set:
