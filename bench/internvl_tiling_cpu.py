@@ -10,22 +10,26 @@ Competitors, one image at a time, each from the same decoded RGB PIL image:
 * vlmkit: `vlmkit.internvl.tiling.load_image` (one grid resize, tiles as a view, one conversion, batched
   normalisation) with `threads=1` (Pillow's resize on one core, like every other path) and with `threads=N`
   (`--threads`, default: all cores): each resize cut into exact row/column strips resized on N threads, the
-  thumbnail resized alongside the grid, tiles converted in parallel.
+  thumbnail resized alongside the grid, each finished strip converted to float on the thread that resized it;
+* vlmkit's batched loader: `tile_loader(images, num_workers=W)` (`--workers`, default: all cores), a DataLoader
+  whose W worker processes each tile whole images on one thread; images/s over the whole set, worker start-up
+  included (each tensor arrives in the main process through shared memory).
 
 torch runs with `--torch-threads` intra-op threads (default 1, as in DataLoader workers): on a shared box, OpenMP
 threads that find no free core slow every elementwise op of every torch-based path by 10x or more.
 
 The same N synthetic images of real-world sizes (phone photos, screenshots, documents, panoramas), max_num 12.
 Images are generated one by one (untimed) and every path runs on each in turn, best of `--repeats` per image, so
-machine noise hits all paths alike. Every output is compared with the official path's tensor.
-Run: `python bench/internvl_tiling_cpu.py [--n 200] [--repeats 2]`.
+machine noise hits all paths alike. Every output is compared with the official path's tensor (the loader's, in
+an untimed first pass over the set, through a SHA-1 of each official tensor's bytes).
+Run: `python bench/internvl_tiling_cpu.py [--n 200] [--repeats 2] [--threads N ...] [--workers W ...]`.
 """
-import argparse, importlib.util, os, platform, time
+import argparse, hashlib, importlib.util, os, platform, time
 import numpy as np
 import torch
 from PIL import Image
 from vlmkit.images import synthetic_image
-from vlmkit.internvl.tiling import IMAGENET_MEAN, IMAGENET_STD, load_image, plan_tiles
+from vlmkit.internvl.tiling import IMAGENET_MEAN, IMAGENET_STD, load_image, plan_tiles, tile_loader
 
 # (width, height)
 SIZES_WH = {
@@ -111,12 +115,29 @@ def with_torch_threads(fn, threads:int):
     return run
 
 
+def fingerprint(t:torch.Tensor) -> bytes: return hashlib.sha1(t.contiguous().numpy().data).digest()
+
+def time_loader(images:list, want:list[bytes], workers:int, batch_size:int, repeats:int) -> tuple[float, bool]:
+    "Best wall time of `repeats` passes of `tile_loader` over `images`, after an untimed pass checking every tensor."
+    same, best = True, float('inf')
+    for r in range(repeats + 1):
+        t0, k = time.perf_counter(), 0
+        for b in tile_loader(images, batch_size=batch_size, num_workers=workers, max_num=12):
+            if r: continue
+            for pv in b['pixel_values'].split(b['num_tiles'].tolist()): same &= fingerprint(pv) == want[k]; k += 1
+        if r: best = min(best, time.perf_counter() - t0)
+        else: same &= k == len(images)
+    return best, same
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--n', type=int, default=200)
     ap.add_argument('--repeats', type=int, default=2)
     ap.add_argument('--torch-threads', type=int, default=1)
     ap.add_argument('--threads', type=int, nargs='+', default=[os.cpu_count() or 1], help="vlmkit thread counts to run (besides 1)")
+    ap.add_argument('--workers', type=int, nargs='*', default=[os.cpu_count() or 1], help="tile_loader worker counts (none: skip)")
+    ap.add_argument('--batch-size', type=int, default=1, help="tile_loader batch size (a batch is one worker's unit of work)")
     args = ap.parse_args()
     torch.set_num_threads(args.torch_threads)
     import transformers
@@ -136,24 +157,29 @@ def main():
     secs = {k: 0.0 for k in paths}
     maxdiff, sumdiff = {k: 0.0 for k in paths}, {k: 0.0 for k in paths}
     identical = {k: True for k in paths}
-    tiles, kinds = 0, {}
+    tiles, kinds, images, want = 0, {}, [], []
     for i in range(args.n):
         kind, im = synthetic(i)
         kinds[kind] = kinds.get(kind, 0) + 1
+        if args.workers: images.append(im)  # kept for the loader rows (~30 MB each as a Pillow image)
         ref = None
         for name, fn in paths.items():
             best = float('inf')
             for _ in range(args.repeats):
                 t0 = time.perf_counter(); out = fn(im); best = min(best, time.perf_counter() - t0)
             secs[name] += best
-            if ref is None: ref = out; tiles += out.shape[0]
+            if ref is None: ref = out; tiles += out.shape[0]; want.append(fingerprint(out))
             same_shape = out.shape == ref.shape
             identical[name] &= same_shape and torch.equal(out, ref)
             d = (out - ref).abs() if same_shape else torch.tensor([float('inf')])
             maxdiff[name] = max(maxdiff[name], d.max().item()); sumdiff[name] += d.mean().item()
         del im, ref, out
+    for w in args.workers:
+        name = f'vlmkit tile_loader, num_workers={w}, batch_size={args.batch_size} (whole set)'
+        secs[name], identical[name] = time_loader(images, want, w, args.batch_size, args.repeats)
+    del images
 
-    names = list(paths)
+    names = [k for k in secs if 'tile_loader' not in k]
     t_off, t_vlm, t_vlm1 = secs[names[0]], secs[names[-1]], secs['vlmkit load_image, threads=1']
     fastest_hf = min((t for k, t in secs.items() if k.startswith('transformers')), default=None)
     print(f"InternVL3.5 tiling (max_num 12, 448 px tiles + thumbnail), {args.n} synthetic images "
@@ -167,14 +193,14 @@ def main():
     print("| path | images/s | ms/image | vlmkit speed-up | output vs official path |")
     print("|---|---:|---:|---:|---|")
     for name, t in secs.items():
-        check = 'reference' if name == names[0] else ('identical' if identical[name] else
-                f'max abs diff {maxdiff[name]:.4f}, mean abs diff {sumdiff[name]/args.n:.1e}')
+        check = 'reference' if name == names[0] else ('identical' if identical[name] else 'DIFFERENT' if name not in maxdiff
+                else f'max abs diff {maxdiff[name]:.4f}, mean abs diff {sumdiff[name]/args.n:.1e}')
         print(f"| {name} | {args.n/t:.2f} | {1e3*t/args.n:.1f} | {t/t_vlm:.2f}x | {check} |")
-    for label, t in [(k, secs[k]) for k in names if k.startswith('vlmkit')][::-1]:
+    for label, t in [(k, secs[k]) for k in secs if k.startswith('vlmkit')][::-1]:
         print(f"\n{label}: {t_off/t:.2f}x the official path (target >= 3x)"
               + (f", {fastest_hf/t:.2f}x the fastest transformers backend (target >= 1.5x)" if fastest_hf else ''), end='')
     print()
-    bad = [k for k in paths if not identical[k] and 'torchvision' not in k]
+    bad = [k for k in secs if not identical[k] and 'torchvision' not in k]
     if bad: raise SystemExit(f"outputs differ from the official path: {bad}")
 
 if __name__ == '__main__':

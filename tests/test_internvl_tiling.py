@@ -236,13 +236,21 @@ def test_resize_exact_is_pillow_bit_for_bit(iw, ih, ow, oh, same_w, same_h, lanc
     assert np.array_equal(resize_exact(im, size, rs, threads), np.asarray(im.resize(size, rs)))
 
 
-@pytest.mark.parametrize('size', [(4032, 3024), (1170, 2532), (6000, 1500), (2480, 3508)])
+@pytest.mark.parametrize('size', [(4032, 3024), (1170, 2532), (6000, 1500), (2480, 3508), (600, 4000)])
 def test_threaded_fast_path_equals_reference(size):
+    "Strips (cut for 2, 3 or 4 threads, across tile borders) are converted straight into the tiles: same tensor."
     img = _noise(*size, seed=size[0])
     ref = tiles_fast(img, threads=1)
-    for t in (2, 4):
+    for t in (2, 3, 4):
         assert torch.equal(tiles_fast(img, threads=t), ref)
-    if size == (1170, 2532): assert torch.equal(ref, tiles_reference(img))
+    if size in [(1170, 2532), (600, 4000)]: assert torch.equal(ref, tiles_reference(img))
+
+
+def test_threaded_grid_covers_both_pass_orders():
+    "The sizes above resize their grid horizontally first, except the receipt: vertical first, then row strips."
+    from vlmkit.internvl.tiling import _pillow_passes
+    first_pass_horizontal = lambda w, h: _pillow_passes((w, h), plan_tiles(w, h).resized_size)[0][1]
+    assert first_pass_horizontal(4032, 3024) and not first_pass_horizontal(600, 4000)
 
 
 def test_exif_orientation_default_and_official_switch(tmp_path):

@@ -6,7 +6,7 @@ Docs: https://vlmkit.github.io/vlmkit/internvl_tiling.html.md"""
 
 # %% ../../nbs/20_internvl_tiling.ipynb #2e5a0f03
 from __future__ import annotations
-import functools, io, math, os, warnings
+import functools, io, math, os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,29 +144,42 @@ def _pool(threads:int) -> ThreadPoolExecutor:
     return _POOLS[key]
 
 def _strips(n:int, k:int, minimum:int=64) -> list[int]:
+    "Cut points splitting `n` rows (or columns) into at most `k` near-equal strips of at least `minimum`."
     k = max(1, min(k, n // minimum))
     return [n * i // k for i in range(k + 1)]
 
-def _resize_pass(im:Image.Image, size, resample, threads:int, rows:bool) -> np.ndarray:
-    "One separable pass of `im.resize(size)`, in strips: rows for the horizontal pass, columns for the vertical one."
-    (iw, ih), (ow, oh) = im.size, size
-    cuts = _strips(ih if rows else iw, threads)
-    out = np.empty((oh, ow, len(im.getbands())), np.uint8)
-    def strip(i):
-        a, b = cuts[i], cuts[i + 1]
-        if rows: out[a:b] = np.asarray(im.crop((0, a, iw, b)).resize((ow, b - a), resample)).reshape(b - a, ow, -1)
-        else: out[:, a:b] = np.asarray(im.crop((a, 0, b, ih)).resize((b - a, oh), resample)).reshape(oh, b - a, -1)
-    list(_pool(threads).map(strip, range(len(cuts) - 1)))
-    return out
+def _pillow_passes(src_size, size) -> list[tuple[tuple[int, int], bool]]:
+    "The separable passes `Image.resize` runs, as `(size after the pass, horizontal?)`, in Pillow >= 13's order."
+    (iw, ih), (ow, oh) = src_size, size
+    if ih - oh > 0 and ih - oh > 2 * (iw - ow): passes = [((iw, oh), False), ((ow, oh), True)]  # vertical first
+    else: passes = [((ow, ih), True), ((ow, oh), False)]
+    return [(s, horizontal) for (s, horizontal), before in zip(passes, [src_size, passes[0][0]]) if s != before]
 
-def _resize_split(im:Image.Image, size, resample, threads:int) -> np.ndarray:
+def _resize_pass(im:Image.Image, size, resample, threads:int, horizontal:bool, put):
+    "One pass on the pool, in strips (rows for the horizontal pass, columns for the vertical); `put(offset, strip)`."
     (iw, ih), (ow, oh) = im.size, size
-    fromarray = lambda a: Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)
-    if ih - oh > 0 and ih - oh > 2 * (iw - ow):  # Pillow >= 13: vertical pass first
-        mid = im if oh == ih else fromarray(_resize_pass(im, (iw, oh), resample, threads, rows=False))
-        return np.asarray(mid) if ow == iw else _resize_pass(mid, (ow, oh), resample, threads, rows=True)
-    mid = im if ow == iw else fromarray(_resize_pass(im, (ow, ih), resample, threads, rows=True))
-    return np.asarray(mid) if oh == ih else _resize_pass(mid, (ow, oh), resample, threads, rows=False)
+    cuts = _strips(ih if horizontal else iw, threads)  # more strips than threads measured no faster
+    def strip(a, b):
+        if horizontal: put(a, im.crop((0, a, iw, b)).resize((ow, b - a), resample))
+        else: put(a, im.crop((a, 0, b, ih)).resize((b - a, oh), resample))
+    list(_pool(threads).map(strip, cuts[:-1], cuts[1:]))
+
+def _resize_split(im:Image.Image, size, resample, threads:int, sink):
+    "`im.resize(size, resample)` in strips on `threads` threads; `sink(top, left, strip)` receives the final strips."
+    *first, (last_size, last_horizontal) = _pillow_passes(im.size, size)
+    for mid_size, horizontal in first:  # at most one; its strips are pasted into a Pillow image (no numpy round trip)
+        mid = Image.new(im.mode, mid_size, None)
+        _resize_pass(im, mid_size, resample, threads, horizontal, lambda a, s: mid.paste(s, (0, a) if horizontal else (a, 0)))
+        im = mid
+    _resize_pass(im, last_size, resample, threads, last_horizontal,
+                 lambda a, s: sink(a, 0, s) if last_horizontal else sink(0, a, s))
+
+def _writer(out:np.ndarray, done=None):
+    "A sink that copies each strip into the uint8 HWC array `out`, then calls `done(top, left, height, width)`."
+    def sink(top, left, s):
+        out[top:top + s.height, left:left + s.width] = np.asarray(s).reshape(s.height, s.width, -1)
+        if done: done(top, left, s.height, s.width)
+    return sink
 
 @functools.lru_cache(maxsize=None)
 def _split_resize_is_exact() -> bool:
@@ -176,21 +189,51 @@ def _split_resize_is_exact() -> bool:
                                ((640, 130), (1344, 448)), ((400, 400), (400, 97)), ((333, 517), (333, 448))]:
         im = Image.fromarray(rng.integers(0, 256, (ih, iw, 3), dtype=np.uint8))
         for rs in (Image.Resampling.BICUBIC, Image.Resampling.LANCZOS):
-            if not np.array_equal(np.asarray(im.resize((ow, oh), rs)), _resize_split(im, (ow, oh), rs, 3)): return False
+            _resize_split(im, (ow, oh), rs, 3, _writer(out := np.empty((oh, ow, 3), np.uint8)))
+            if not np.array_equal(np.asarray(im.resize((ow, oh), rs)), out): return False
     return True
+
+def _splits(im:Image.Image, size, threads:int) -> bool:
+    "Split this resize? Not on one thread, for small images or when the self-check failed (then Pillow's own resize)."
+    return (threads > 1 and im.mode in ('RGB', 'L') and max(im.size) >= 256 and im.size != tuple(size)
+            and _split_resize_is_exact())
 
 def resize_exact(im:Image.Image, size, resample=Image.Resampling.BICUBIC, threads:int=1) -> np.ndarray:
     "`np.asarray(im.resize(size, resample))`, bit for bit, with the work spread over `threads` threads."
     size = tuple(size)
-    if threads <= 1 or im.mode not in ('RGB', 'L') or max(im.size) < 256 or im.size == size or not _split_resize_is_exact():
-        return np.asarray(im.resize(size, resample))
-    out = _resize_split(im, size, resample, threads)
+    if not _splits(im, size, threads): return np.asarray(im.resize(size, resample))
+    out = np.empty((size[1], size[0], len(im.getbands())), np.uint8)
+    _resize_split(im, size, resample, threads, _writer(out))
     return out.reshape(size[1], size[0]) if im.mode == 'L' else out
 
 # %% ../../nbs/20_internvl_tiling.ipynb #f58e825e
 def _tile_to_float_(dst:torch.Tensor, src_hwc:torch.Tensor) -> torch.Tensor:
-    "One tile: uint8 HWC view -> normalised float32 CHW, written into `dst`."
-    return _normalize_(dst.copy_(src_hwc.permute(2, 0, 1)))
+    "Tiles (or bands of them): uint8 `(..., H, W, C)` view -> normalised float32 `(..., C, H, W)`, written into `dst`."
+    return _normalize_(dst.copy_(src_hwc.movedim(-1, -3)))
+
+def _converter(out:torch.Tensor, grid:np.ndarray, s:int, first:int=0):
+    "`done` callback: converts a freshly written strip of the uint8 `grid` into the float tiles `out[first:]` it covers."
+    rows, cols = grid.shape[0] // s, grid.shape[1] // s
+    dst = out[first:first + rows * cols].view(rows, cols, 3, s, s)         # the tiles as a grid: (r, c, channel, y, x)
+    src = torch.from_numpy(grid).view(rows, s, cols, s, 3)                  # the same pixels in uint8: (r, y, c, x, channel)
+    def done(top, left, h, w):  # a strip is whole rows or whole columns: one conversion per band of tiles it crosses
+        if w == cols * s:
+            for r in range(top // s, (top + h - 1) // s + 1):
+                y0, y1 = max(top, r * s) - r * s, min(top + h, (r + 1) * s) - r * s
+                _tile_to_float_(dst[r, :, :, y0:y1], src[r, y0:y1].permute(1, 0, 2, 3))
+        else:
+            for c in range(left // s, (left + w - 1) // s + 1):
+                x0, x1 = max(left, c * s) - c * s, min(left + w, (c + 1) * s) - c * s
+                _tile_to_float_(dst[:, c, :, :, x0:x1], src[:, :, c, x0:x1])
+    return done
+
+def _resize_to_tiles(image:Image.Image, size, resample, threads:int, out:torch.Tensor, first:int):
+    "Resize `image` to `size` (a grid of tiles) in strips, converting each strip into `out[first:]` as soon as it is done."
+    s = out.shape[-1]
+    grid = np.empty((size[1], size[0], 3), np.uint8)
+    sink = _writer(grid, _converter(out, grid, s, first))
+    if _splits(image, size, threads): _resize_split(image, size, resample, threads, sink)
+    else: sink(0, 0, image.resize(size, resample))
 
 def _coordinator() -> ThreadPoolExecutor:
     "A second driver thread (per process) that runs the thumbnail's resize while the caller runs the grid's."
@@ -200,24 +243,18 @@ def _coordinator() -> ThreadPoolExecutor:
 
 def tiles_fast(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True,
                resample=Image.Resampling.BICUBIC, threads:int|None=None) -> torch.Tensor:
-    "Same tensor as `tiles_reference`: one grid resize, tiles as views of it, one conversion, batched normalisation."
+    "Same tensor as `tiles_reference`: one grid resize, tiles as views of it, converted straight into one tensor."
     image = open_rgb(image)
     plan = plan_tiles(*image.size, min_num, max_num, image_size, use_thumbnail)
-    s, cols = image_size, plan.cols
+    s = image_size
     if threads is None: threads = torch.get_num_threads()
-    thumb = None
-    if plan.thumbnail:
-        thumb = (_coordinator().submit(resize_exact, image, (s, s), resample, threads) if threads > 1 else None)
     out = torch.empty(plan.num_tiles, 3, s, s)
-    with warnings.catch_warnings():  # the uint8 arrays are only read: no need to copy them to make them writable
-        warnings.simplefilter('ignore', UserWarning)
-        grid = torch.from_numpy(resize_exact(image, plan.resized_size, resample, threads))  # (rows*s, cols*s, 3)
-        srcs = [grid[(i // cols) * s:(i // cols + 1) * s, (i % cols) * s:(i % cols + 1) * s] for i in range(plan.blocks)]
-        if plan.thumbnail:
-            srcs.append(torch.from_numpy(thumb.result() if thumb else resize_exact(image, (s, s), resample, 1)))
-    if threads > 1 and len(srcs) > 1: list(_pool(threads).map(_tile_to_float_, out, srcs))
-    else:
-        for dst, src in zip(out, srcs): _tile_to_float_(dst, src)
+    # on several threads the thumbnail is resized while the grid is (its strips share the pool)
+    thumb = plan.thumbnail and threads > 1 and _coordinator().submit(
+        _resize_to_tiles, image, (s, s), resample, threads, out, plan.blocks)
+    _resize_to_tiles(image, plan.resized_size, resample, threads, out, 0)
+    if thumb: thumb.result()
+    elif plan.thumbnail: _resize_to_tiles(image, (s, s), resample, 1, out, plan.blocks)
     return out
 
 # %% ../../nbs/20_internvl_tiling.ipynb #4abf503b
