@@ -63,9 +63,7 @@ def make_samples(n, sides, texts, vocab, seed=0):
     out = []
     for _ in range(n):
         h, w = (rng.randrange(sides[0], sides[1] + 1, 32) // 16 for _ in range(2))
-        s = random_sample((h, w), rng.randint(*texts), vocab=vocab, generator=g)
-        s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
-        out.append(s)
+        out.append(random_sample((h, w), rng.randint(*texts), vocab=vocab, generator=g, labelled=True))
     return out
 
 def costs(s): return (s['input_ids'].shape[1], s['pixel_values'].shape[0])

@@ -8,8 +8,7 @@ from vlmkit.ovis.modeling import Ovis2_5, pack_samples, random_sample, tiny_ovis
 
 def _packed(seed:int, shapes) -> dict:
     g = torch.Generator().manual_seed(seed)
-    samples = [random_sample(hw, n, vocab=300, generator=g) for hw, n in shapes]
-    for s in samples: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    samples = [random_sample(hw, n, vocab=300, generator=g, labelled=True) for hw, n in shapes]
     return {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
 
 def _loss_and_grads(model, batch):

@@ -201,8 +201,7 @@ def test_varlen_llm_never_builds_a_mask(monkeypatch):
 def _labelled_batch(seed:int) -> dict:
     "A packed batch of an image sample and a text-only one, every text token labelled (visual positions -100)."
     g = torch.Generator().manual_seed(seed)
-    samples = [random_sample(hw, n, vocab=300, generator=g) for hw, n in [((4, 6), 9), (None, 7)]]
-    for s in samples: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    samples = [random_sample(hw, n, vocab=300, generator=g, labelled=True) for hw, n in [((4, 6), 9), (None, 7)]]
     return {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
 
 def test_lean_loss_equals_transformers_loss():
@@ -237,8 +236,7 @@ def test_lean_loss_gradients_equal_transformers_loss_gradients():
 def test_visual_chunks_change_nothing_but_memory():
     torch.manual_seed(0)
     model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
-    s = random_sample((10, 12), 8, vocab=300, generator=torch.Generator().manual_seed(0))
-    s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    s = random_sample((10, 12), 8, vocab=300, generator=torch.Generator().manual_seed(0), labelled=True)
     def loss_and_grads(chunk):
         model.visual_chunk = chunk; model.zero_grad()
         loss = model(**s).loss; loss.backward()
@@ -289,8 +287,7 @@ def _two_prompts(vocab=300):
 
 def test_inputs_embeds_forward_and_its_errors():
     model = _tiny()
-    s = random_sample((8, 6), 9, vocab=300, generator=torch.Generator().manual_seed(0))
-    s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)
+    s = random_sample((8, 6), 9, vocab=300, generator=torch.Generator().manual_seed(0), labelled=True)
     with torch.no_grad():
         embeds = model.merge_multimodal(s['input_ids'], s['pixel_values'], s['grid_thws'])
         assert torch.equal(model(inputs_embeds=embeds).logits, model(**{k: v for k, v in s.items() if k != 'labels'}).logits)

@@ -208,7 +208,7 @@ class NavitEncoder(nn.Module):
         c, grid = self.config, grid_thws.cpu()
         rope = navit_rotary(grid, c.hidden_size // c.num_attention_heads, c.hidden_stride) if c.use_rope else None
         frames = [h * w for t, h, w in grid.tolist() for _ in range(t)]
-        full = (cu_seqlens_from_lengths(frames), max(frames))  # host borders: no sync, and cuDNN on GPU
+        full = (cu_seqlens_from_lengths(frames), max(frames))  # host borders: checked and read without a GPU sync
         perm = None
         if len(c.full_attention_layers) < c.num_hidden_layers:
             perm, wins = window_partition(grid, self.window, c.hidden_stride)
@@ -258,10 +258,13 @@ class VisualTokenizer(nn.Module):
         weight = F.pad(linear.weight, (0, 0, 0, -n % 64))
         return norm(F.linear(features, weight)[:, :n])
 
-    def forward(self, pixel_values, grid_thws):
-        logits = self.logits(self.encode(pixel_values, grid_thws))
+    def probabilities(self, features:torch.Tensor) -> torch.Tensor:
+        "Visual tokens of `features`: the float32 softmax over the visual words, with the 4 zero indicator columns."
+        logits = self.logits(features)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
         return F.pad(probs, (0, len(INDICATOR_IDS)))
+
+    def forward(self, pixel_values, grid_thws): return self.probabilities(self.encode(pixel_values, grid_thws))
 
 # %% ../../nbs/11_ovis_model.ipynb #61e5a36c
 class Ovis2_5ForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -296,10 +299,7 @@ def _visual_embeddings(self, pixel_values:torch.Tensor, grid_thws:torch.Tensor) 
     chunk = self.visual_chunk
     vt = self.visual_tokenizer
     feats = vt.encode(pixel_values.to(self.vte.weight.dtype), grid_thws)
-    def embed(f):  # the indicator columns of the padded probabilities are 0: the full, aligned table gives the same sum
-        logits = vt.logits(f)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
-        return F.pad(probs, (0, len(INDICATOR_IDS))) @ self.vte.weight
+    embed = lambda f: vt.probabilities(f) @ self.vte.weight  # zero indicator columns: the full, aligned table, the same sum
     if not torch.is_grad_enabled() or not chunk: return embed(feats)
     return torch.cat([checkpoint(embed, f, use_reentrant=False) for f in feats.split(chunk)])
 
@@ -385,15 +385,19 @@ def _forward(self, input_ids:torch.Tensor|None=None, attention_mask:torch.Tensor
 Ovis2_5ForConditionalGeneration.forward = _forward
 
 # %% ../../nbs/11_ovis_model.ipynb #5ca66b03
-def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=768, stride:int=2, generator=None) -> dict:
+def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=768, stride:int=2, generator=None,
+                  labelled:bool=False) -> dict:
     "A synthetic `(input_ids, pixel_values, grid_thws)` sample: text, then one image of `grid_hw` patches (or none)."
     g = generator
     text = torch.randint(0, vocab, (n_text,), generator=g)
-    if grid_hw is None: return dict(input_ids=text[None], pixel_values=None, grid_thws=None)
-    h, w = grid_hw
-    atoms = torch.full((h * w // stride ** 2,), VISUAL_ATOM_ID)
-    ids = torch.cat([text[:n_text // 2], torch.tensor([INDICATOR_IDS[0]]), atoms, torch.tensor([INDICATOR_IDS[1]]), text[n_text // 2:]])
-    return dict(input_ids=ids[None], pixel_values=torch.randn(h * w, patch_dim, generator=g), grid_thws=torch.tensor([[1, h, w]]))
+    if grid_hw is None: s = dict(input_ids=text[None], pixel_values=None, grid_thws=None)
+    else:
+        h, w = grid_hw
+        atoms = torch.full((h * w // stride ** 2,), VISUAL_ATOM_ID)
+        ids = torch.cat([text[:n_text // 2], torch.tensor([INDICATOR_IDS[0]]), atoms, torch.tensor([INDICATOR_IDS[1]]), text[n_text // 2:]])
+        s = dict(input_ids=ids[None], pixel_values=torch.randn(h * w, patch_dim, generator=g), grid_thws=torch.tensor([[1, h, w]]))
+    if labelled: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)  # text only: atoms, indicators -100
+    return s
 
 # %% ../../nbs/11_ovis_model.ipynb #afb02cfd
 def _checkpoint_keys(folder:Path) -> set[str]:
