@@ -137,10 +137,10 @@ def official_pixels(case:dict, key:str='official_model_card') -> torch.Tensor:
 # %% ../../nbs/20_internvl_tiling.ipynb #360fadf2
 _POOLS = {}
 
-def _pool(threads:int) -> ThreadPoolExecutor:
-    "A per-process thread pool (re-created after a fork: a child does not inherit its parent's threads)."
-    key = (os.getpid(), threads)
-    if key not in _POOLS: _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix='vlmkit-resize')
+def _pool(threads:int, role:str='resize') -> ThreadPoolExecutor:
+    "A per-process thread pool for `role` (re-created after a fork: a child does not inherit its parent's threads)."
+    key = (os.getpid(), role, threads)
+    if key not in _POOLS: _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix=f'vlmkit-{role}')
     return _POOLS[key]
 
 def _strips(n:int, k:int, minimum:int=64) -> list[int]:
@@ -235,12 +235,6 @@ def _resize_to_tiles(image:Image.Image, size, resample, threads:int, out:torch.T
     if _splits(image, size, threads): _resize_split(image, size, resample, threads, sink)
     else: sink(0, 0, image.resize(size, resample))
 
-def _coordinator() -> ThreadPoolExecutor:
-    "A second driver thread (per process) that runs the thumbnail's resize while the caller runs the grid's."
-    key = (os.getpid(), 'coordinator')
-    if key not in _POOLS: _POOLS[key] = ThreadPoolExecutor(1, thread_name_prefix='vlmkit-thumbnail')
-    return _POOLS[key]
-
 def tiles_fast(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True,
                resample=Image.Resampling.BICUBIC, threads:int|None=None) -> torch.Tensor:
     "Same tensor as `tiles_reference`: one grid resize, tiles as views of it, converted straight into one tensor."
@@ -249,8 +243,9 @@ def tiles_fast(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True,
     s = image_size
     if threads is None: threads = torch.get_num_threads()
     out = torch.empty(plan.num_tiles, 3, s, s)
-    # on several threads the thumbnail is resized while the grid is (its strips share the pool)
-    thumb = plan.thumbnail and threads > 1 and _coordinator().submit(
+    # on several threads a second driver thread resizes the thumbnail while this one resizes the grid (their strips
+    # share the resize pool; the driver has a pool of its own, so it never waits on a pool it occupies)
+    thumb = plan.thumbnail and threads > 1 and _pool(1, 'thumbnail').submit(
         _resize_to_tiles, image, (s, s), resample, threads, out, plan.blocks)
     _resize_to_tiles(image, plan.resized_size, resample, threads, out, 0)
     if thumb: thumb.result()
