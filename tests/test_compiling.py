@@ -1,9 +1,13 @@
 """Compiled blocks on a packed, checkpointed Ovis2.5: captured at all (no silent fall-back to eager), same loss and
-gradients, and one set of graphs for packs of any length. Uses Dynamo's `eager` backend: graph capture without code
+gradients, and one set of graphs for packs of any length; with attention kept through checkpointing, the backward
+pass runs no attention kernel. Uses Dynamo's `eager` backend: graph capture without code
 generation, so it runs in seconds on any CPU (TorchInductor itself is exercised in nbs/52_compiling.ipynb, #| slow)."""
 import torch
 from torch._dynamo.utils import counters
+from torch.utils._python_dispatch import TorchDispatchMode
+from vlmkit.attention import attention_kernels
 from vlmkit.compiling import compile_blocks
+from vlmkit.lora import enable_checkpointing
 from vlmkit.ovis.modeling import Ovis2_5, pack_samples, random_sample, tiny_ovis25_config
 
 def _packed(seed:int, shapes) -> dict:
@@ -35,4 +39,34 @@ def test_compiled_checkpointed_ovis_equals_eager_and_does_not_recompile():
         assert torch.allclose(loss, ref_loss, atol=1e-6)
         assert grads.keys() == ref_grads.keys()
         for n in ref_grads: assert torch.allclose(grads[n], ref_grads[n], atol=1e-6), n
+    torch._dynamo.reset()
+
+class _CountCalls(TorchDispatchMode):
+    def __init__(self, ops): super().__init__(); self.ops, self.n = set(ops), 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func in self.ops
+        return func(*args, **(kwargs or {}))
+
+def _grads_and_backward_attention_calls(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    with _CountCalls(attention_kernels()) as counter: loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counter.n
+
+def test_kept_attention_is_not_run_again_in_the_backward_with_compiled_blocks():
+    torch.manual_seed(0)
+    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
+    batch = _packed(2, [((4, 6), 9), ((2, 2), 5), (None, 7)])
+    layers = model.config.llm_config.num_hidden_layers + model.config.vit_config.num_hidden_layers
+    enable_checkpointing(model)
+    ref, ref_calls = _grads_and_backward_attention_calls(model, batch)
+    assert ref_calls == layers, "plain checkpointing should run every layer's attention again"
+    torch._dynamo.reset(); counters.clear()
+    compile_blocks(model, backend='eager')
+    enable_checkpointing(model, keep_attention=True)
+    got, calls = _grads_and_backward_attention_calls(model, batch)
+    assert counters['stats']['unique_graphs'] > 0, "nothing was captured: the blocks ran eagerly"
+    assert calls == 0, f"attention ran {calls} times in the backward"
+    assert got.keys() == ref.keys()
+    for n in ref: assert torch.allclose(got[n], ref[n], atol=1e-6), n
     torch._dynamo.reset()

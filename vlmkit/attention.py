@@ -9,12 +9,13 @@ from __future__ import annotations
 import inspect, math
 from contextlib import contextmanager
 import torch
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
 import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
            'attention_backend', 'varlen_backend', 'varlen_attention', 'varlen_attention_forward',
-           'register_varlen_attention']
+           'register_varlen_attention', 'attention_kernels', 'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -47,9 +48,9 @@ def sdpa_varlen(q, k, v, cu_seqlens, causal=False, scale=None, window=None, max_
     "Varlen attention through `F.scaled_dot_product_attention`: exact, any device and dtype."
     T = q.shape[0]
     gqa = dict(enable_gqa=True) if k.shape[1] != q.shape[1] else {}
-    def attend(qs, ks, vs, mask):  # [T, H, D] -> [H, T, D] and back
-        o = F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1), attn_mask=mask, scale=scale, **gqa)
-        return o.transpose(0, 1)
+    def attend(qs, ks, vs, mask):  # [T, H, D] -> [1, H, T, D] and back: 4-D inputs reach PyTorch's fused CPU kernel, 3-D the math path
+        o = F.scaled_dot_product_attention(*(t.transpose(0, 1)[None] for t in (qs, ks, vs)), attn_mask=mask, scale=scale, **gqa)
+        return o[0].transpose(0, 1)
     if T <= max_mask_tokens:
         seg, pos = _segment_ids(cu_seqlens, T), torch.arange(T, device=q.device)
         mask = (seg[:, None] == seg[None, :]) & _allowed(pos, pos, causal, window)
@@ -160,3 +161,23 @@ def register_varlen_attention():
     AttentionInterface.register(VARLEN_IMPL, varlen_attention_forward)
     AttentionMaskInterface.register(VARLEN_IMPL, _varlen_mask)
     return VARLEN_IMPL
+
+# %% ../nbs/04_attention.ipynb #23d1ac27
+_ATTENTION_KERNELS = ('aten::_scaled_dot_product_flash_attention', 'aten::_scaled_dot_product_flash_attention_for_cpu',
+                      'aten::_scaled_dot_product_efficient_attention', 'aten::_scaled_dot_product_cudnn_attention',
+                      'aten::_flash_attention_forward', 'aten::_efficient_attention_forward', 'torch_attn::_varlen_attn',
+                      'flash_attn::_flash_attn_varlen_forward', 'flash_attn::_flash_attn_forward')
+
+def attention_kernels() -> list:
+    "The forward attention kernels this install has (PyTorch's, flash-attn's), as op overloads."
+    ops = []
+    for name in _ATTENTION_KERNELS:
+        namespace, op = name.split('::')
+        try: packet = getattr(getattr(torch.ops, namespace), op)
+        except (AttributeError, RuntimeError): continue  # that library is not installed, or too old to have the op
+        ops += [getattr(packet, o) for o in packet.overloads()]
+    return ops
+
+def keep_attention_context():
+    "`context_fn` for non-reentrant `torch.utils.checkpoint`: attention kernels' outputs are kept, the rest recomputed."
+    return create_selective_checkpoint_contexts(attention_kernels())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 from torch import nn
+from .attention import keep_attention_context
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'LLM_LINEARS', 'PRESETS', 'Layout', 'base_of', 'detect_layout', 'LoraTargetError', 'part_of',
@@ -180,10 +181,11 @@ def patch_remote_code(model:nn.Module) -> nn.Module:
     return model
 
 # %% ../nbs/30_lora.ipynb #7d93f245
-def enable_checkpointing(model:nn.Module) -> nn.Module:
+def enable_checkpointing(model:nn.Module, keep_attention:bool=False) -> nn.Module:
     "Non-reentrant activation checkpointing on every checkpointable layer of `model` (LLM and vision tower)."
     m = base_of(model)
     kw = {'use_reentrant': False}
+    if keep_attention: kw['context_fn'] = keep_attention_context  # attention outputs kept, not run again in the backward
     # transformers >= 5.2x renamed it; older 5.x only has the gradient_ name.
     if hasattr(m, 'activation_checkpointing_enable'): m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
     else: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
