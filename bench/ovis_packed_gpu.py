@@ -10,7 +10,9 @@ tokens), in these ways:
 * vlmkit, one sample per forward, and vlmkit packing several samples per forward, bounded by the largest single
   sample's LLM tokens and ViT patches times k: chunked visual head and loss (no `[tokens, vocab]` tensors), the
   same FlashAttention-2 kernel on packed borders, and compiled blocks (`vlmkit.compiling`). The eager packed row
-  shows what packing and the chunked head and loss give before compilation.
+  shows what packing and the chunked head and loss give before compilation;
+* the same packed rows again with attention kept through checkpointing (`enable_checkpointing(model,
+  keep_attention=True)`: the attention kernels' outputs are held until the backward instead of being recomputed).
 
 For the official-path row, `official_computations` puts back the two computations of the official forward that
 vlmkit's model does differently for speed (the visual head's matmul over its 65,532 unaligned columns, and
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from vlmkit.attention import attention_backend, varlen_backend
 from vlmkit.compiling import compile_blocks
+from vlmkit.lora import enable_checkpointing
 from vlmkit.ovis.modeling import (Ovis2_5, Ovis2_5Config, NavitEmbeddings, VisualTokenizer, block_order, tiny_ovis25_config,
                                   pack_samples, pack_by_budget, random_sample)
 
@@ -105,6 +108,8 @@ def main():
     ap.add_argument('--budgets', type=int, nargs='+', default=[2, 4, 6, 8], help='pack budgets, in multiples of the largest sample')
     ap.add_argument('--no-checkpointing', action='store_true', help='keep all activations (default: gradient checkpointing on)')
     ap.add_argument('--no-compile', action='store_true', help='vlmkit rows without compiled blocks')
+    ap.add_argument('--keep-budgets', type=int, nargs='*', default=[2, 3, 4],
+                    help='pack budgets run again with attention kept through checkpointing (none: skip)')
     args = ap.parse_args()
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     dtype = torch.float32 if device.type == 'cpu' else torch.bfloat16
@@ -115,11 +120,12 @@ def main():
     with torch.device(device): model = Ovis2_5(cfg)
     torch.set_default_dtype(prev)
     model.train()
-    if not args.no_checkpointing: getattr(model, 'activation_checkpointing_enable', model.gradient_checkpointing_enable)()
+    if not args.no_checkpointing: enable_checkpointing(model)
     samples = make_samples(args.samples, sides, texts, vocab)
     one = [[i] for i in range(len(samples))]
     budget = tuple(max(c) for c in zip(*map(costs, samples)))   # the largest single sample's LLM tokens and ViT patches
-    packs = {k: pack_by_budget([costs(s) for s in samples], tuple(k * b for b in budget)) for k in args.budgets}
+    keep = [] if args.no_checkpointing else args.keep_budgets
+    packs = {k: pack_by_budget([costs(s) for s in samples], tuple(k * b for b in budget)) for k in {*args.budgets, *keep}}
     fused = 'torch_varlen' if device.type == 'cuda' else None   # FlashAttention-2, the kernel the official code calls
     k0 = args.budgets[len(args.budgets) // 2]
     rows = [measure(model, 'official path: one at a time', one, samples, device, dtype, True, fused),
@@ -128,6 +134,9 @@ def main():
         compile_blocks(model)
         rows.append(measure(model, 'vlmkit one at a time', one, samples, device, dtype))
     rows += [measure(model, f'vlmkit packed {k}x', packs[k], samples, device, dtype) for k in args.budgets]
+    if keep:
+        enable_checkpointing(model, keep_attention=True)
+        rows += [measure(model, f'vlmkit packed {k}x, attention kept', packs[k], samples, device, dtype) for k in keep]
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"Ovis2.5 {'tiny' if args.tiny else '2B-shaped'} ({params:,.1f}M params), {dtype}, {card}, attention backend "
