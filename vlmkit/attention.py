@@ -162,7 +162,7 @@ def register_varlen_attention():
     AttentionMaskInterface.register(VARLEN_IMPL, _varlen_mask)
     return VARLEN_IMPL
 
-# %% ../nbs/04_attention.ipynb #23d1ac27
+# %% ../nbs/04_attention.ipynb #5487cc48
 _ATTENTION_KERNELS = ('aten::_scaled_dot_product_flash_attention', 'aten::_scaled_dot_product_flash_attention_for_cpu',
                       'aten::_scaled_dot_product_efficient_attention', 'aten::_scaled_dot_product_cudnn_attention',
                       'aten::_flash_attention_forward', 'aten::_efficient_attention_forward', 'torch_attn::_varlen_attn',
