@@ -4,10 +4,10 @@ pass runs no attention kernel. Uses Dynamo's `eager` backend: graph capture with
 generation, so it runs in seconds on any CPU (TorchInductor itself is exercised in nbs/52_compiling.ipynb, #| slow)."""
 import torch
 from torch._dynamo.utils import counters
-from torch.utils._python_dispatch import TorchDispatchMode
 from vlmkit.attention import attention_kernels
 from vlmkit.compiling import compile_blocks
 from vlmkit.lora import enable_checkpointing
+from vlmkit.testing import count_calls
 from vlmkit.ovis.modeling import Ovis2_5, pack_samples, random_sample, tiny_ovis25_config
 
 def _packed(seed:int, shapes) -> dict:
@@ -41,16 +41,10 @@ def test_compiled_checkpointed_ovis_equals_eager_and_does_not_recompile():
         for n in ref_grads: assert torch.allclose(grads[n], ref_grads[n], atol=1e-6), n
     torch._dynamo.reset()
 
-class _CountCalls(TorchDispatchMode):
-    def __init__(self, ops): super().__init__(); self.ops, self.n = set(ops), 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func in self.ops
-        return func(*args, **(kwargs or {}))
-
 def _grads_and_backward_attention_calls(model, batch):
     model.zero_grad(set_to_none=True)
     loss = model(**batch).loss
-    with _CountCalls(attention_kernels()) as counter: loss.backward()
+    with count_calls(attention_kernels()) as counter: loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counter.n
 
 def test_kept_attention_is_not_run_again_in_the_backward_with_compiled_blocks():

@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'IMAGE_PLACEHOLDERS', 'OVIS_VISUAL_ATOM_ID', 'OVIS_INDICATOR_IDS',
            'fixtures_dir', 'fixture', 'require_fixture', 'chat_template', 'tiny_tokenizer', 'tiny_llm_config',
            'noise_image', 'n_params', 'TinyVLM', 'tiny_internvl', 'tiny_qwen25vl', 'VisualEmbedding', 'TinyNavit',
-           'VisualTokenizer', 'RemoteStyleOvis2_5', 'tiny_remote_ovis25']
+           'VisualTokenizer', 'RemoteStyleOvis2_5', 'tiny_remote_ovis25', 'count_calls']
 
 # %% ../nbs/03_testing.ipynb #380bdc7d
 def fixtures_dir(start:str|Path|None=None) -> Path|None:
@@ -277,3 +277,15 @@ def tiny_remote_ovis25(seed:int=0) -> TinyVLM:
         return dict(input_ids=ids, attention_mask=torch.ones_like(ids), **feats)
     vlm.inputs = inputs
     return vlm
+
+# %% ../nbs/03_testing.ipynb #b4bcad4c
+from torch.utils._python_dispatch import TorchDispatchMode
+
+class count_calls(TorchDispatchMode):
+    "Within the block, `.n` counts the calls of the op overloads `ops` (e.g. `torch.ops.aten.mm.default`)."
+    def __init__(self, ops):
+        super().__init__()
+        self.ops, self.n = set(ops), 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func in self.ops
+        return func(*args, **(kwargs or {}))
