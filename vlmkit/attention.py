@@ -6,7 +6,7 @@ Docs: https://vlmkit.github.io/vlmkit/attention.html.md"""
 
 # %% ../nbs/04_attention.ipynb #66dadcb0
 from __future__ import annotations
-import inspect, math
+import functools, importlib.util, inspect, math
 from contextlib import contextmanager
 import torch
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
-           'attention_backend', 'varlen_backend', 'varlen_attention', 'varlen_attention_forward',
+           'attention_backend', 'varlen_backend', 'installed_backends', 'varlen_attention', 'varlen_attention_forward',
            'register_varlen_attention', 'attention_kernels', 'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
@@ -66,11 +66,24 @@ def sdpa_varlen(q, k, v, cu_seqlens, causal=False, scale=None, window=None, max_
 try: from flash_attn import flash_attn_varlen_func
 except Exception: flash_attn_varlen_func = None
 
+@functools.lru_cache(maxsize=None)
+def _flash_attn_4():
+    "flash-attn 4's `flash_attn_varlen_func`, or None; imported on first use because its import takes seconds."
+    try:
+        if importlib.util.find_spec('flash_attn.cute') is None: return None
+        from flash_attn.cute import flash_attn_varlen_func as fa4
+        return fa4
+    except Exception: return None
+
+@functools.lru_cache(maxsize=None)
+def _fa4_runs_on(device:torch.device) -> bool: return torch.cuda.get_device_capability(device)[0] in (9, 10)
+
 try: from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
 except Exception: _torch_varlen_attn = None
 
 _TORCH_VARLEN_PARAMS = set(inspect.signature(_torch_varlen_attn).parameters) if _torch_varlen_attn else set()
-BACKENDS = ('flash_attn', 'torch_varlen', 'sdpa')
+BACKENDS = ('flash_attn_4', 'flash_attn', 'torch_varlen', 'sdpa')
+_FA4_HEAD_DIMS = (64, 96, 128)  # head sizes flash-attn 4.0.0b36 gets right on Hopper; others are padded up
 _forced = None
 
 @contextmanager
@@ -86,8 +99,16 @@ def varlen_backend(q:torch.Tensor) -> str:
     "Which kernel `varlen_attention` uses for `q`: one of `BACKENDS`."
     if _forced: return _forced
     if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)): return 'sdpa'
+    if q.shape[-1] <= _FA4_HEAD_DIMS[-1] and _fa4_runs_on(q.device) and _flash_attn_4() is not None: return 'flash_attn_4'
     if flash_attn_varlen_func is not None: return 'flash_attn'
     return 'torch_varlen' if _torch_varlen_attn is not None else 'sdpa'
+
+def installed_backends() -> list[str]:
+    "The `BACKENDS` this machine can run (the fused ones on its CUDA device, in bf16 or fp16)."
+    cuda = torch.cuda.is_available()
+    runs = dict(flash_attn_4=cuda and _fa4_runs_on(torch.device('cuda', torch.cuda.current_device())) and _flash_attn_4() is not None,
+                flash_attn=cuda and flash_attn_varlen_func is not None, torch_varlen=cuda and _torch_varlen_attn is not None, sdpa=True)
+    return [b for b in BACKENDS if runs[b]]
 
 def _to_device(cu:torch.Tensor, device) -> torch.Tensor:
     "Borders on `device`, int32; a host tensor goes through pinned memory so the copy never waits for the GPU."
@@ -107,6 +128,16 @@ def _torch_varlen(q, k, v, cu, max_seqlen, causal, scale, window):
     elif scale is not None and abs(scale * math.sqrt(q.shape[-1]) - 1) > 1e-9: q = q * (scale * math.sqrt(q.shape[-1]))  # kernel applies 1/sqrt(d)
     return _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, **kw)
 
+def _flash_attn_4_varlen(q, k, v, cu, max_seqlen, causal, scale, window):
+    d = q.shape[-1]
+    if d > _FA4_HEAD_DIMS[-1]: raise ValueError(f"attention backend 'flash_attn_4' is used for head sizes up to {_FA4_HEAD_DIMS[-1]}, got {d}")
+    size = next(s for s in _FA4_HEAD_DIMS if s >= d)
+    if size != d: q, k, v = (F.pad(t, (0, size - d)) for t in (q, k, v))  # see the prose: wrong dq for other sizes
+    win = (None, None) if window is None else (window - 1, 0)
+    out = _flash_attn_4()(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_seqlen,
+                          max_seqlen_k=max_seqlen, softmax_scale=d ** -0.5 if scale is None else scale, causal=causal, window_size=win)[0]
+    return out if size == d else out[..., :d].contiguous()
+
 # %% ../nbs/04_attention.ipynb #33c9f937
 @torch.compiler.disable  # reads host borders: compiled blocks run it eagerly between two graphs
 def varlen_attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, cu_seqlens:torch.Tensor, max_seqlen:int|None=None,
@@ -121,6 +152,9 @@ def varlen_attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, cu_seqlens:
     if backend == 'sdpa': return sdpa_varlen(q, k, v, cu_seqlens.to(q.device), causal, scale, window)
     if max_seqlen is None: max_seqlen = int(cu_seqlens.diff().max())
     cu = _to_device(cu_seqlens, q.device)
+    if backend == 'flash_attn_4':
+        if _flash_attn_4() is None: raise ValueError("attention backend 'flash_attn_4' asked for, but flash-attn-4 (flash_attn.cute) is not installed")
+        return _flash_attn_4_varlen(q, k, v, cu, max_seqlen, causal, scale, window)
     if backend == 'flash_attn':
         if flash_attn_varlen_func is None: raise ValueError("attention backend 'flash_attn' asked for, but flash-attn is not installed")
         win = (-1, -1) if window is None else (window - 1, 0)
