@@ -9,10 +9,12 @@ tokens), in these ways:
   every attention (`torch_varlen`, PyTorch's build of the kernel the official code calls through flash-attn);
 * vlmkit, one sample per forward, and vlmkit packing several samples per forward, bounded by the largest single
   sample's LLM tokens and ViT patches times k: chunked visual head and loss (no `[tokens, vocab]` tensors), the
-  same FlashAttention-2 kernel on packed borders, and compiled blocks (`vlmkit.compiling`). The eager packed row
+  attention kernel `vlmkit.attention` picks (flash-attn 4 where installed on a Hopper or Blackwell GPU, else
+  FlashAttention-2; `--backend` pins one) on packed borders, and compiled blocks (`vlmkit.compiling`). The eager packed row
   shows what packing and the chunked head and loss give before compilation;
 * the same packed rows again with attention kept through checkpointing (`enable_checkpointing(model,
-  keep_attention=True)`: the attention kernels' outputs are held until the backward instead of being recomputed).
+  keep_attention=True)`: the attention kernels' outputs are held until the backward instead of being recomputed;
+  `--keep-budgets`, only where the kernel is one selective checkpointing sees, not flash-attn 4).
 
 For the official-path row, `official_computations` puts back the two computations of the official forward that
 vlmkit's model does differently for speed (the visual head's matmul over its 65,532 unaligned columns, and
@@ -27,7 +29,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
-from vlmkit.attention import attention_backend, varlen_backend
+from vlmkit.attention import BACKENDS, attention_backend, varlen_backend
 from vlmkit.compiling import compile_blocks
 from vlmkit.lora import enable_checkpointing
 from vlmkit.ovis.modeling import (Ovis2_5, Ovis2_5Config, NavitEmbeddings, VisualTokenizer, block_order, tiny_ovis25_config,
@@ -90,25 +92,33 @@ def run(model, groups, samples, device, dtype, official=False, backend=None):
         sync()
     return time.perf_counter() - t0, float(loss_sum)
 
-def measure(model, name, groups, samples, device, dtype, official=False, backend=None):
+def measure(model, name, groups, samples, device, dtype, official=False, backend=None, repeats=1):
+    "Best time of `repeats` passes over all groups (host noise slows a pass, nothing speeds one up), and the peak memory."
     run(model, groups[:2], samples, device, dtype, official, backend)   # warm up kernels, the allocator, compiled graphs
-    model.zero_grad(set_to_none=True)
     if device.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-    secs, loss_sum = run(model, groups, samples, device, dtype, official, backend)
+    times = []
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        secs, loss_sum = run(model, groups, samples, device, dtype, official, backend)
+        times.append(secs)
+    secs = min(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
     tokens = sum(costs(samples[i])[0] for g in groups for i in g)
     r = dict(mode=name, passes=len(groups), tokens=tokens, secs=secs, tok_s=tokens / secs, peak=peak, loss_sum=loss_sum)
-    print(f"  {name}: {r['tok_s']:.0f} tokens/s, peak {peak:.2f} GiB, graphs {counters['stats']['unique_graphs']}", flush=True)
+    print(f"  {name}: {r['tok_s']:.0f} tokens/s (passes of {', '.join(f'{t:.2f}' for t in times)} s), peak {peak:.2f} GiB, "
+          f"graphs {counters['stats']['unique_graphs']}", flush=True)
     return r
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--tiny', action='store_true', help='tiny shapes on CPU (smoke test)')
     ap.add_argument('--samples', type=int, default=32)
+    ap.add_argument('--repeats', type=int, default=3, help='timed passes over the samples per row; the best counts')
     ap.add_argument('--budgets', type=int, nargs='+', default=[2, 4, 6, 8], help='pack budgets, in multiples of the largest sample')
     ap.add_argument('--no-checkpointing', action='store_true', help='keep all activations (default: gradient checkpointing on)')
     ap.add_argument('--no-compile', action='store_true', help='vlmkit rows without compiled blocks')
-    ap.add_argument('--keep-budgets', type=int, nargs='*', default=[2, 3, 4],
+    ap.add_argument('--backend', choices=BACKENDS, help='attention kernel of the vlmkit rows (default: what vlmkit.attention picks)')
+    ap.add_argument('--keep-budgets', type=int, nargs='*', default=[],
                     help='pack budgets run again with attention kept through checkpointing (none: skip)')
     args = ap.parse_args()
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
@@ -128,19 +138,19 @@ def main():
     packs = {k: pack_by_budget([costs(s) for s in samples], tuple(k * b for b in budget)) for k in {*args.budgets, *keep}}
     fused = 'torch_varlen' if device.type == 'cuda' else None   # FlashAttention-2, the kernel the official code calls
     k0 = args.budgets[len(args.budgets) // 2]
-    rows = [measure(model, 'official path: one at a time', one, samples, device, dtype, True, fused),
-            measure(model, f'vlmkit packed {k0}x, eager', packs[k0], samples, device, dtype)]
+    rows = [measure(model, 'official path: one at a time', one, samples, device, dtype, True, fused, repeats=args.repeats),
+            measure(model, f'vlmkit packed {k0}x, eager', packs[k0], samples, device, dtype, backend=args.backend, repeats=args.repeats)]
     if not args.no_compile:
         compile_blocks(model)
-        rows.append(measure(model, 'vlmkit one at a time', one, samples, device, dtype))
-    rows += [measure(model, f'vlmkit packed {k}x', packs[k], samples, device, dtype) for k in args.budgets]
+        rows.append(measure(model, 'vlmkit one at a time', one, samples, device, dtype, backend=args.backend, repeats=args.repeats))
+    rows += [measure(model, f'vlmkit packed {k}x', packs[k], samples, device, dtype, backend=args.backend, repeats=args.repeats) for k in args.budgets]
     if keep:
         enable_checkpointing(model, keep_attention=True)
-        rows += [measure(model, f'vlmkit packed {k}x, attention kept', packs[k], samples, device, dtype) for k in keep]
+        rows += [measure(model, f'vlmkit packed {k}x, attention kept', packs[k], samples, device, dtype, backend=args.backend, repeats=args.repeats) for k in keep]
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"Ovis2.5 {'tiny' if args.tiny else '2B-shaped'} ({params:,.1f}M params), {dtype}, {card}, attention backend "
-          f"{varlen_backend(torch.empty(1, 1, 1, device=device, dtype=dtype))}, gradient checkpointing {not args.no_checkpointing}, "
+          f"{args.backend or varlen_backend(torch.empty(1, 1, 1, device=device, dtype=dtype))} (official row: {fused or 'sdpa'}), gradient checkpointing {not args.no_checkpointing}, "
           f"compiled blocks {not args.no_compile} (graphs captured: {counters['stats']['unique_graphs']})")
     print(f"{len(samples)} samples: images {sides[0]}..{sides[1]} px, texts {texts[0]}..{texts[1]} tokens; pack budget "
           f"{budget[0]} LLM tokens / {budget[1]} ViT patches; torch {torch.__version__}")
