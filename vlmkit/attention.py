@@ -1,4 +1,4 @@
-"""One attention entry point for packed sequences: flash-attn, PyTorch's varlen kernel or a block-diagonal SDPA, chosen by what is installed.
+"""One attention entry point for packed sequences: flash-attn 4 or 2, PyTorch's varlen kernel or a block-diagonal SDPA, chosen by what is installed; attention kept through checkpointing.
 
 Docs: https://vlmkit.github.io/vlmkit/attention.html.md"""
 
