@@ -76,7 +76,9 @@ def _flash_attn_4():
     except Exception: return None
 
 @functools.lru_cache(maxsize=None)
-def _fa4_runs_on(device:torch.device) -> bool: return torch.cuda.get_device_capability(device)[0] in (9, 10)
+def _flash_attn_4_on(device:torch.device) -> bool:
+    "Is flash-attn 4 installed, and is `device` a GPU it supports (Hopper, Blackwell)?"
+    return torch.cuda.get_device_capability(device)[0] in (9, 10) and _flash_attn_4() is not None
 
 try: from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
 except Exception: _torch_varlen_attn = None
@@ -99,14 +101,14 @@ def varlen_backend(q:torch.Tensor) -> str:
     "Which kernel `varlen_attention` uses for `q`: one of `BACKENDS`."
     if _forced: return _forced
     if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)): return 'sdpa'
-    if q.shape[-1] <= _FA4_HEAD_DIMS[-1] and _fa4_runs_on(q.device) and _flash_attn_4() is not None: return 'flash_attn_4'
+    if q.shape[-1] <= _FA4_HEAD_DIMS[-1] and _flash_attn_4_on(q.device): return 'flash_attn_4'
     if flash_attn_varlen_func is not None: return 'flash_attn'
     return 'torch_varlen' if _torch_varlen_attn is not None else 'sdpa'
 
 def installed_backends() -> list[str]:
     "The `BACKENDS` this machine can run (the fused ones on its CUDA device, in bf16 or fp16)."
     cuda = torch.cuda.is_available()
-    runs = dict(flash_attn_4=cuda and _fa4_runs_on(torch.device('cuda', torch.cuda.current_device())) and _flash_attn_4() is not None,
+    runs = dict(flash_attn_4=cuda and _flash_attn_4_on(torch.device('cuda', torch.cuda.current_device())),
                 flash_attn=cuda and flash_attn_varlen_func is not None, torch_varlen=cuda and _torch_varlen_attn is not None, sdpa=True)
     return [b for b in BACKENDS if runs[b]]
 
