@@ -16,10 +16,11 @@ def _packed(seed:int, shapes) -> dict:
     return {k: v for k, v in pack_samples(samples).items() if k != 'seq_lens'}
 
 def _loss_and_grads(model, batch):
+    "Loss, gradients, and how many attention kernels the backward pass ran."
     model.zero_grad(set_to_none=True)
     loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    with count_calls(attention_kernels()) as counter: loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counter.n
 
 def test_compiled_checkpointed_ovis_equals_eager_and_does_not_recompile():
     torch.manual_seed(0)
@@ -35,17 +36,11 @@ def test_compiled_checkpointed_ovis_equals_eager_and_does_not_recompile():
     assert graphs > 0, "nothing was captured: the blocks ran eagerly"
     got.append(_loss_and_grads(model, second))
     assert counters['stats']['unique_graphs'] == graphs, "a pack of other lengths made new graphs"
-    for (loss, grads), (ref_loss, ref_grads) in zip(got, ref):
+    for (loss, grads, _), (ref_loss, ref_grads, _) in zip(got, ref):
         assert torch.allclose(loss, ref_loss, atol=1e-6)
         assert grads.keys() == ref_grads.keys()
         for n in ref_grads: assert torch.allclose(grads[n], ref_grads[n], atol=1e-6), n
     torch._dynamo.reset()
-
-def _grads_and_backward_attention_calls(model, batch):
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    with count_calls(attention_kernels()) as counter: loss.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counter.n
 
 def test_kept_attention_is_not_run_again_in_the_backward_with_compiled_blocks():
     torch.manual_seed(0)
@@ -53,12 +48,12 @@ def test_kept_attention_is_not_run_again_in_the_backward_with_compiled_blocks():
     batch = _packed(2, [((4, 6), 9), ((2, 2), 5), (None, 7)])
     layers = model.config.llm_config.num_hidden_layers + model.config.vit_config.num_hidden_layers
     enable_checkpointing(model)
-    ref, ref_calls = _grads_and_backward_attention_calls(model, batch)
+    _, ref, ref_calls = _loss_and_grads(model, batch)
     assert ref_calls == layers, "plain checkpointing should run every layer's attention again"
     torch._dynamo.reset(); counters.clear()
     compile_blocks(model, backend='eager')
     enable_checkpointing(model, keep_attention=True)
-    got, calls = _grads_and_backward_attention_calls(model, batch)
+    _, got, calls = _loss_and_grads(model, batch)
     assert counters['stats']['unique_graphs'] > 0, "nothing was captured: the blocks ran eagerly"
     assert calls == 0, f"attention ran {calls} times in the backward"
     assert got.keys() == ref.keys()
