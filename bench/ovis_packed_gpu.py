@@ -26,6 +26,7 @@ check (token-weighted loss sum over all samples, same data and weights).
 """
 import argparse, random, time
 from contextlib import contextmanager, nullcontext
+from functools import partial
 import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
@@ -138,15 +139,16 @@ def main():
     packs = {k: pack_by_budget([costs(s) for s in samples], tuple(k * b for b in budget)) for k in {*args.budgets, *keep}}
     fused = 'torch_varlen' if device.type == 'cuda' else None   # FlashAttention-2, the kernel the official code calls
     k0 = args.budgets[len(args.budgets) // 2]
-    rows = [measure(model, 'official path: one at a time', one, samples, device, dtype, True, fused, repeats=args.repeats),
-            measure(model, f'vlmkit packed {k0}x, eager', packs[k0], samples, device, dtype, backend=args.backend, repeats=args.repeats)]
+    row = partial(measure, model, samples=samples, device=device, dtype=dtype, repeats=args.repeats)
+    vlmkit_row = partial(row, backend=args.backend)
+    rows = [row('official path: one at a time', one, official=True, backend=fused), vlmkit_row(f'vlmkit packed {k0}x, eager', packs[k0])]
     if not args.no_compile:
         compile_blocks(model)
-        rows.append(measure(model, 'vlmkit one at a time', one, samples, device, dtype, backend=args.backend, repeats=args.repeats))
-    rows += [measure(model, f'vlmkit packed {k}x', packs[k], samples, device, dtype, backend=args.backend, repeats=args.repeats) for k in args.budgets]
+        rows.append(vlmkit_row('vlmkit one at a time', one))
+    rows += [vlmkit_row(f'vlmkit packed {k}x', packs[k]) for k in args.budgets]
     if keep:
         enable_checkpointing(model, keep_attention=True)
-        rows += [measure(model, f'vlmkit packed {k}x, attention kept', packs[k], samples, device, dtype, backend=args.backend, repeats=args.repeats) for k in keep]
+        rows += [vlmkit_row(f'vlmkit packed {k}x, attention kept', packs[k]) for k in keep]
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"Ovis2.5 {'tiny' if args.tiny else '2B-shaped'} ({params:,.1f}M params), {dtype}, {card}, attention backend "
