@@ -432,6 +432,12 @@ def _labels_for(n:int, labels) -> list:
     if len(labels) != n: raise ValueError(f"{n} items but {len(labels)} labels")
     return labels
 
+def _canvas(img:Image.Image):
+    "An RGB copy of `img`, a drawing context on it, and a label font (and its size) scaled to the image."
+    out = img.convert('RGB')
+    fs = max(10, min(out.size) // 22)
+    return out, ImageDraw.Draw(out), _font(fs), fs
+
 def _draw_label(draw, xy, text:str, color, font):
     l, t, r, b = draw.textbbox(xy, text, font=font)
     draw.rectangle((l - 2, t - 1, r + 2, b + 1), fill=color)
@@ -439,12 +445,10 @@ def _draw_label(draw, xy, text:str, color, font):
 
 def draw_boxes(img:Image.Image, boxes, labels=None, colors=None, width:int|None=None, space:str='pixel', resized_size=None) -> Image.Image:
     "A copy of `img` (converted to RGB) with `boxes` [N, 4] (xyxy in `space` of this image) outlined and labelled."
-    out = img.convert('RGB')
+    out, draw, font, fs = _canvas(img)
     b = convert_boxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), space, 'pixel', out.size, resized_size)
     labels, colors = _labels_for(len(b), labels), colors or PALETTE
     width = width or max(2, round(min(out.size) / 150))
-    fs = max(10, min(out.size) // 22)
-    draw, font = ImageDraw.Draw(out), _font(fs)
     for i, (box, lb) in enumerate(zip(b, labels)):
         c = colors[i % len(colors)]
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=c, width=width)
@@ -454,11 +458,10 @@ def draw_boxes(img:Image.Image, boxes, labels=None, colors=None, width:int|None=
 
 def draw_points(img:Image.Image, points, labels=None, colors=None, radius:int|None=None, space:str='pixel', resized_size=None) -> Image.Image:
     "A copy of `img` (RGB) with `points` [K, 2] (x, y in `space` of this image) marked as dots and labelled."
-    out = img.convert('RGB')
+    out, draw, font, _ = _canvas(img)
     p = convert_points(np.asarray(points, dtype=np.float64).reshape(-1, 2), space, 'pixel', out.size, resized_size)
     labels, colors = _labels_for(len(p), labels), colors or PALETTE
     radius = radius or max(3, round(min(out.size) / 80))
-    draw, font = ImageDraw.Draw(out), _font(max(10, min(out.size) // 22))
     for i, ((x, y), lb) in enumerate(zip(p, labels)):
         c = colors[i % len(colors)]
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=c, outline='white', width=max(1, radius // 3))
