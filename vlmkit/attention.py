@@ -68,11 +68,11 @@ except Exception: flash_attn_varlen_func = None
 
 @functools.lru_cache(maxsize=None)
 def _flash_attn_4():
-    "flash-attn 4's `flash_attn_varlen_func`, or None; imported on first use because its import takes seconds."
+    "flash-attn 4's kernel interface (`flash_attn.cute.interface`), or None; imported on first use because its import takes seconds."
     try:
         if importlib.util.find_spec('flash_attn.cute') is None: return None
-        from flash_attn.cute import flash_attn_varlen_func as fa4
-        return fa4
+        from flash_attn.cute import interface
+        return interface if hasattr(interface, '_flash_attn_fwd') and hasattr(interface, '_flash_attn_bwd') else None
     except Exception: return None
 
 @functools.lru_cache(maxsize=None)
@@ -130,15 +130,53 @@ def _torch_varlen(q, k, v, cu, max_seqlen, causal, scale, window):
     elif scale is not None and abs(scale * math.sqrt(q.shape[-1]) - 1) > 1e-9: q = q * (scale * math.sqrt(q.shape[-1]))  # kernel applies 1/sqrt(d)
     return _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, **kw)
 
+def _fa4_window(window): return (None, None) if window is None else (window - 1, 0)
+
+@torch.library.custom_op('vlmkit::flash_attn_4_varlen', mutates_args=())
+def _fa4_forward(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, cu_seqlens:torch.Tensor, max_seqlen:int, scale:float,
+                 causal:bool, window:int|None) -> tuple[torch.Tensor, torch.Tensor]:
+    "flash-attn 4's varlen forward: the output and the log-sum-exp `[heads, total]` (float32) its backward takes."
+    left, right = _fa4_window(window)
+    out, lse = _flash_attn_4()._flash_attn_fwd(q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
+                                               max_seqlen_k=max_seqlen, softmax_scale=scale, causal=causal, window_size_left=left,
+                                               window_size_right=right, return_lse=True)[:2]
+    return out, lse
+
+@_fa4_forward.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, scale, causal, window):
+    return q.new_empty(*q.shape[:2], v.shape[-1]), q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
+
+@torch.library.custom_op('vlmkit::flash_attn_4_varlen_backward', mutates_args=())
+def _fa4_backward(dout:torch.Tensor, q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, out:torch.Tensor, lse:torch.Tensor,
+                  cu_seqlens:torch.Tensor, max_seqlen:int, scale:float, causal:bool,
+                  window:int|None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "dq, dk, dv of `_fa4_forward`, computed at a head size flash-attn 4 gets right (see the prose): zero columns change no score."
+    d = q.shape[-1]
+    size = next(s for s in _FA4_HEAD_DIMS if s >= d)
+    padded = [F.pad(t, (0, size - d)) if size != d else t.contiguous() for t in (q, k, v, out, dout)]
+    left, right = _fa4_window(window)
+    grads = _flash_attn_4()._flash_attn_bwd(*padded, lse, scale, causal, window_size_left=left, window_size_right=right,
+                                            cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen)[:3]
+    return tuple(g[..., :d].contiguous() for g in grads)
+
+@_fa4_backward.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, causal, window):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+def _fa4_save(ctx, inputs, output):
+    q, k, v, cu_seqlens, *ctx.args = inputs
+    ctx.save_for_backward(q, k, v, *output, cu_seqlens)
+
+def _fa4_grads(ctx, dout, dlse):
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    return *_fa4_backward(dout, q, k, v, out, lse, cu_seqlens, *ctx.args), None, None, None, None, None
+
+_fa4_forward.register_autograd(_fa4_grads, setup_context=_fa4_save)
+
 def _flash_attn_4_varlen(q, k, v, cu, max_seqlen, causal, scale, window):
     d = q.shape[-1]
     if d > _FA4_HEAD_DIMS[-1]: raise ValueError(f"attention backend 'flash_attn_4' is used for head sizes up to {_FA4_HEAD_DIMS[-1]}, got {d}")
-    size = next(s for s in _FA4_HEAD_DIMS if s >= d)
-    if size != d: q, k, v = (F.pad(t, (0, size - d)) for t in (q, k, v))  # see the prose: wrong dq for other sizes
-    win = (None, None) if window is None else (window - 1, 0)
-    out = _flash_attn_4()(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_seqlen,
-                          max_seqlen_k=max_seqlen, softmax_scale=d ** -0.5 if scale is None else scale, causal=causal, window_size=win)[0]
-    return out if size == d else out[..., :d].contiguous()
+    return _fa4_forward(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_seqlen, d ** -0.5 if scale is None else scale, causal, window)[0]
 
 # %% ../nbs/04_attention.ipynb #33c9f937
 @torch.compiler.disable  # reads host borders: compiled blocks run it eagerly between two graphs
@@ -202,7 +240,7 @@ def register_varlen_attention():
 _ATTENTION_KERNELS = ('aten::_scaled_dot_product_flash_attention', 'aten::_scaled_dot_product_flash_attention_for_cpu',
                       'aten::_scaled_dot_product_efficient_attention', 'aten::_scaled_dot_product_cudnn_attention',
                       'aten::_flash_attention_forward', 'aten::_efficient_attention_forward', 'torch_attn::_varlen_attn',
-                      'flash_attn::_flash_attn_varlen_forward', 'flash_attn::_flash_attn_forward')
+                      'flash_attn::_flash_attn_varlen_forward', 'flash_attn::_flash_attn_forward', 'vlmkit::flash_attn_4_varlen')
 
 def attention_kernels() -> list:
     "The forward attention kernels this install has (PyTorch's, flash-attn's), as op overloads."
