@@ -7,7 +7,7 @@ import pytest, torch
 from torch import nn
 from peft import LoraConfig, get_peft_model
 from vlmkit.testing import tiny_internvl, tiny_qwen25vl, tiny_remote_ovis25, noise_image
-from vlmkit.lora import (apply_lora, load_adapter, export_merged, gradient_problems, train_step, select_targets, diagnose,
+from vlmkit.lora import (apply_lora, adapted_modules, load_adapter, export_merged, gradient_problems, train_step, select_targets, diagnose,
                          LoraPatchError, LoraTargetError)
 
 warnings.filterwarnings('ignore', category=FutureWarning)
@@ -149,6 +149,17 @@ def test_native_ovis_needs_no_patch_and_generates_through_peft():
     merged = pm.merge_and_unload().eval()
     assert torch.equal(generate(merged, inp['input_ids'], **images, **kw), got)
     assert not torch.equal(base, got)  # the adapters took part
+
+@pytest.mark.parametrize('preset', ['llm+projector', 'all'])
+def test_native_ovis_projector_adapters_take_part(preset):
+    "Every adapter of the native Ovis2.5 gets a gradient, the visual head's included: its padded matmul must not bypass LoRA."
+    model, inp = native_ovis()
+    pm = apply_lora(model, preset, r=4, verbose=False)
+    assert 'visual_tokenizer.head.0' in adapted_modules(pm)
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    train_step(pm, inp, opt); opt.zero_grad()  # B starts at 0: after one step every A sees a gradient too
+    train_step(pm, inp, opt)
+    assert gradient_problems(pm) == dict(lora_without_grad=[], frozen_with_grad=[])
 
 @pytest.mark.parametrize('name', ['internvl', 'qwen2_5_vl', 'remote_ovis'])
 def test_presets_partition_the_model(name):

@@ -25,8 +25,9 @@ from ..attention import (varlen_attention, cu_seqlens_from_lengths, cu_seqlens_f
 __all__ = ['VISUAL_ATOM_ID', 'INDICATOR_IDS', 'Ovis2_5_Config', 'Ovis2_5', 'Siglip2NavitConfig', 'Ovis2_5Config',
            'tiny_ovis25_config', 'block_order', 'navit_rotary', 'rotate_half', 'apply_rotary', 'window_partition',
            'bicubic_weights', 'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer', 'NavitEncoder',
-           'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualTokenizer', 'Ovis2_5ForConditionalGeneration',
-           'labelled_lm_loss', 'random_sample', 'load_text_tokenizer', 'pack_samples', 'unpack', 'pack_by_budget']
+           'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualHead', 'VisualTokenizer',
+           'Ovis2_5ForConditionalGeneration', 'labelled_lm_loss', 'random_sample', 'load_text_tokenizer',
+           'pack_samples', 'unpack', 'pack_by_budget']
 
 # %% ../../nbs/11_ovis_model.ipynb #dbd4c141
 VISUAL_ATOM_ID = -300                     # one per visual token in input_ids
@@ -239,31 +240,36 @@ class Siglip2NavitModel(nn.Module):
     def forward(self, pixel_values, grid_thws): return self.vision_model(pixel_values, grid_thws)
 
 # %% ../../nbs/11_ovis_model.ipynb #290eecfc
+class VisualHead(nn.Sequential):
+    "The checkpoint's `head.0` (Linear) and `head.1` (LayerNorm) over the visual words; called, it gives the visual tokens."
+    def __init__(self, features:int, words:int): super().__init__(nn.Linear(features, words, bias=False), nn.LayerNorm(words))
+
+    def logits(self, features:torch.Tensor) -> torch.Tensor:
+        "Linear then LayerNorm, the matmul padded to a multiple of 64 columns (65,532 would send cuBLAS to unaligned kernels)."
+        linear, norm = self
+        if type(linear) is not nn.Linear: return norm(linear(features))  # wrapped (a LoRA adapter, say): its own forward
+        n = linear.out_features
+        return norm(F.linear(features, F.pad(linear.weight, (0, 0, 0, -n % 64)))[:, :n])
+
+    def forward(self, features:torch.Tensor) -> torch.Tensor:
+        "Visual tokens of `features`: the float32 softmax over the visual words, with the 4 zero indicator columns."
+        logits = self.logits(features)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
+        return F.pad(probs, (0, len(INDICATOR_IDS)))
+
 class VisualTokenizer(nn.Module):
     "NaViT features -> probabilities over the visual vocabulary (`[tokens, visual_vocab_size]`)."
     def __init__(self, c:Siglip2NavitConfig, visual_vocab_size:int):
         super().__init__()
-        self.vit, n = Siglip2NavitModel(c), visual_vocab_size - len(INDICATOR_IDS)
-        self.head = nn.Sequential(nn.Linear(c.hidden_size * c.hidden_stride ** 2, n, bias=False), nn.LayerNorm(n))
+        self.vit = Siglip2NavitModel(c)
+        self.head = VisualHead(c.hidden_size * c.hidden_stride ** 2, visual_vocab_size - len(INDICATOR_IDS))
 
     def encode(self, pixel_values, grid_thws):
         "Encoder features with each `stride x stride` block of patches concatenated into one row."
         x = self.vit(pixel_values, grid_thws)
         return x.reshape(x.shape[0] // self.vit.config.hidden_stride ** 2, -1)
 
-    def logits(self, features:torch.Tensor) -> torch.Tensor:
-        "`self.head(features)`, its matmul padded to a multiple of 64 columns (65,532 would send cuBLAS to unaligned kernels)."
-        linear, norm = self.head
-        n = linear.out_features
-        weight = F.pad(linear.weight, (0, 0, 0, -n % 64))
-        return norm(F.linear(features, weight)[:, :n])
-
-    def probabilities(self, features:torch.Tensor) -> torch.Tensor:
-        "Visual tokens of `features`: the float32 softmax over the visual words, with the 4 zero indicator columns."
-        logits = self.logits(features)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
-        return F.pad(probs, (0, len(INDICATOR_IDS)))
-
+    def probabilities(self, features:torch.Tensor) -> torch.Tensor: return self.head(features)
     def forward(self, pixel_values, grid_thws): return self.probabilities(self.encode(pixel_values, grid_thws))
 
 # %% ../../nbs/11_ovis_model.ipynb #61e5a36c
