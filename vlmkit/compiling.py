@@ -19,9 +19,9 @@ def transformer_blocks(model:nn.Module) -> list[nn.Module]:
     if not names: raise ValueError(f"{type(model).__name__} lists no `_no_split_modules`: pass the blocks to compile_blocks yourself")
     return [m for m in model.modules() if type(m).__name__ in names]
 
-def compile_blocks(model_or_blocks, dynamic:bool=True, **compile_kwargs) -> list[nn.Module]:
-    "Compile the parts (direct children) of each block in place, with symbolic shapes; returns the compiled parts."
+def compile_blocks(model_or_blocks, dynamic:bool=True, whole=(), **compile_kwargs) -> list[nn.Module]:
+    "Compile the parts (direct children) of each block, and each module of `whole` as one, in place, with symbolic shapes; returns them."
     blocks = list(model_or_blocks) if isinstance(model_or_blocks, (list, tuple)) else transformer_blocks(model_or_blocks)
-    parts = [p for b in blocks for p in b.children()]
+    parts = [p for b in blocks for p in b.children()] + list(whole)
     for p in parts: p.compile(dynamic=dynamic, **compile_kwargs)
     return parts
