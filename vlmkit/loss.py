@@ -6,6 +6,7 @@ Docs: https://vlmkit.github.io/vlmkit/loss.html.md"""
 
 # %% ../nbs/50_loss.ipynb #363150b9
 from __future__ import annotations
+import functools
 from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,21 @@ from torch import nn
 __all__ = ['linear_cross_entropy', 'hidden_states_instead_of_logits', 'shift_labels', 'causal_lm_loss']
 
 # %% ../nbs/50_loss.ipynb #3dc787ff
+@functools.lru_cache(maxsize=None)
+def _float32_out_matmul(device_type:str, dtype:torch.dtype) -> bool:
+    "Does this PyTorch multiply `dtype` matrices straight into a float32 result on `device_type` (`addmm(..., out_dtype=)`)?"
+    try:
+        x = torch.ones(2, 2, device=device_type, dtype=dtype)
+        torch.addmm(torch.zeros(2, 2, device=device_type), x, x, out_dtype=torch.float32)
+        return True
+    except (RuntimeError, TypeError, NotImplementedError): return False
+
+def _accumulate_matmul(acc:torch.Tensor, a:torch.Tensor, b:torch.Tensor):
+    "`acc += a @ b` into float32 `acc`, in one call where PyTorch can (no product tensor, no float32 copy of a rounded one)."
+    if a.dtype == acc.dtype: acc.addmm_(a, b)
+    elif _float32_out_matmul(acc.device.type, a.dtype): torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else: acc += (a @ b).to(acc.dtype)
+
 class _LinearCrossEntropy(torch.autograd.Function):
     "Cross-entropy of `hidden @ weight.T` against `targets`, chunked over tokens; gradients computed in the forward."
     @staticmethod
@@ -38,7 +54,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g.mul_((v / denom)[:, None])
             g = g.to(hidden.dtype)
             if grad_h is not None: grad_h[s:s + chunk_size] = g @ weight
-            if grad_w is not None: grad_w += (g.T @ h).float()
+            if grad_w is not None: _accumulate_matmul(grad_w, g.T, h)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total / denom
