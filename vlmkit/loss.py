@@ -63,7 +63,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        # multiplied in float32, written once in the weight's dtype: no float32 temporary the size of the weight
+        gw = torch.mul(grad_w, grad_out, out=torch.empty_like(grad_w, dtype=ctx.weight_dtype)) if grad_w is not None else None
         return gh, gw, None, None, None
 
 # %% ../nbs/50_loss.ipynb #785e038e
