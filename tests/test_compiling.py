@@ -10,6 +10,11 @@ from vlmkit.lora import enable_checkpointing
 from vlmkit.testing import count_calls
 from vlmkit.ovis.modeling import Ovis2_5, pack_samples, random_sample, tiny_ovis25_config
 
+# On a machine with a GPU, Dynamo's first frame reads the CUDA RNG state, which starts CUDA; inside a checkpointed
+# forward of this CPU model, that makes torch.utils.checkpoint refuse ("device state was initialized in the forward
+# pass"). Starting CUDA up front, as moving any model to the GPU does, keeps this test independent of test order.
+if torch.cuda.is_available(): torch.cuda.init()
+
 def _packed(seed:int, shapes) -> dict:
     g = torch.Generator().manual_seed(seed)
     samples = [random_sample(hw, n, vocab=300, generator=g, labelled=True) for hw, n in shapes]
