@@ -2,7 +2,7 @@
 gradients, and one set of graphs for packs of any length; with attention kept through checkpointing, the backward
 pass runs no attention kernel. Uses Dynamo's `eager` backend: graph capture without code
 generation, so it runs in seconds on any CPU (TorchInductor itself is exercised in nbs/52_compiling.ipynb, #| slow)."""
-import torch
+import pytest, torch
 from torch._dynamo.utils import counters
 from vlmkit.attention import attention_kernels
 from vlmkit.compiling import compile_blocks
@@ -64,3 +64,15 @@ def test_kept_attention_is_not_run_again_in_the_backward_with_compiled_blocks():
     assert got.keys() == ref.keys()
     for n in ref: assert torch.allclose(got[n], ref[n], atol=1e-6), n
     torch._dynamo.reset()
+
+def test_attention_kept_only_in_the_layers_a_regex_picks():
+    torch.manual_seed(0)
+    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
+    batch = _packed(3, [((4, 6), 9), ((2, 2), 5), (None, 7)])
+    enable_checkpointing(model)
+    _, ref, _ = _loss_and_grads(model, batch)
+    enable_checkpointing(model, keep_attention='visual_tokenizer')
+    _, got, calls = _loss_and_grads(model, batch)
+    assert calls == model.config.llm_config.num_hidden_layers, "the LLM's attention should run again in the backward, the ViT's not"
+    for n in ref: assert torch.allclose(got[n], ref[n], atol=1e-6), n
+    with pytest.raises(ValueError, match='matches none of the checkpointed layers'): enable_checkpointing(model, keep_attention='no_such_layer')
