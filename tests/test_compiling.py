@@ -27,10 +27,17 @@ def _loss_and_grads(model, batch):
     with count_calls(attention_kernels()) as counter: loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counter.n
 
-def test_compiled_checkpointed_ovis_equals_eager_and_does_not_recompile():
+def _tiny_ovis():
     torch.manual_seed(0)
-    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
-    getattr(model, 'activation_checkpointing_enable', model.gradient_checkpointing_enable)()
+    return Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
+
+def _assert_same_grads(got, ref):
+    assert got.keys() == ref.keys()
+    for n in ref: assert torch.allclose(got[n], ref[n], atol=1e-6), n
+
+def test_compiled_checkpointed_ovis_equals_eager_and_does_not_recompile():
+    model = _tiny_ovis()
+    enable_checkpointing(model)
     first, second = _packed(0, [((4, 6), 9), (None, 7)]), _packed(1, [((6, 8), 5), ((2, 4), 12), (None, 3)])
     ref = [_loss_and_grads(model, b) for b in (first, second)]
     torch._dynamo.reset(); counters.clear()
@@ -43,13 +50,11 @@ def test_compiled_checkpointed_ovis_equals_eager_and_does_not_recompile():
     assert counters['stats']['unique_graphs'] == graphs, "a pack of other lengths made new graphs"
     for (loss, grads, _), (ref_loss, ref_grads, _) in zip(got, ref):
         assert torch.allclose(loss, ref_loss, atol=1e-6)
-        assert grads.keys() == ref_grads.keys()
-        for n in ref_grads: assert torch.allclose(grads[n], ref_grads[n], atol=1e-6), n
+        _assert_same_grads(grads, ref_grads)
     torch._dynamo.reset()
 
 def test_kept_attention_is_not_run_again_in_the_backward_with_compiled_blocks():
-    torch.manual_seed(0)
-    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
+    model = _tiny_ovis()
     batch = _packed(2, [((4, 6), 9), ((2, 2), 5), (None, 7)])
     layers = model.config.llm_config.num_hidden_layers + model.config.vit_config.num_hidden_layers
     enable_checkpointing(model)
@@ -61,18 +66,16 @@ def test_kept_attention_is_not_run_again_in_the_backward_with_compiled_blocks():
     _, got, calls = _loss_and_grads(model, batch)
     assert counters['stats']['unique_graphs'] > 0, "nothing was captured: the blocks ran eagerly"
     assert calls == 0, f"attention ran {calls} times in the backward"
-    assert got.keys() == ref.keys()
-    for n in ref: assert torch.allclose(got[n], ref[n], atol=1e-6), n
+    _assert_same_grads(got, ref)
     torch._dynamo.reset()
 
 def test_attention_kept_only_in_the_layers_a_regex_picks():
-    torch.manual_seed(0)
-    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).train()
+    model = _tiny_ovis()
     batch = _packed(3, [((4, 6), 9), ((2, 2), 5), (None, 7)])
     enable_checkpointing(model)
     _, ref, _ = _loss_and_grads(model, batch)
     enable_checkpointing(model, keep_attention='visual_tokenizer')
     _, got, calls = _loss_and_grads(model, batch)
     assert calls == model.config.llm_config.num_hidden_layers, "the LLM's attention should run again in the backward, the ViT's not"
-    for n in ref: assert torch.allclose(got[n], ref[n], atol=1e-6), n
+    _assert_same_grads(got, ref)
     with pytest.raises(ValueError, match='matches none of the checkpointed layers'): enable_checkpointing(model, keep_attention='no_such_layer')
