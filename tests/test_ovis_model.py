@@ -119,6 +119,21 @@ def test_atom_count_mismatch_is_an_error():
     bad = torch.cat([s['input_ids'], torch.tensor([[VISUAL_ATOM_ID]])], 1)
     with pytest.raises(ValueError, match='5 visual atoms'): model(input_ids=bad, pixel_values=s['pixel_values'], grid_thws=s['grid_thws'])
     with pytest.raises(ValueError, match='give 0 visual tokens'): model(input_ids=s['input_ids'])
+    with pytest.raises(ValueError, match=r'pixel_values has 15 patch rows but grid_thws \[\[1, 4, 4\]\] gives 16'):
+        model(input_ids=s['input_ids'], pixel_values=s['pixel_values'][:-1], grid_thws=s['grid_thws'])
+
+def test_indicator_embeddings_come_from_vte():
+    "Indicator tokens take their rows of `vte` (counted from its end), every other token its LLM or visual embedding."
+    torch.manual_seed(0)
+    model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).eval()
+    s = random_sample((4, 4), 6, vocab=300)
+    ids = s['input_ids']
+    with torch.no_grad(): embeds = model.merge_multimodal(ids, s['pixel_values'], s['grid_thws'])
+    V, n = model.config.visual_vocab_size, len(INDICATOR_IDS)
+    for pos in range(ids.shape[1]):
+        i = int(ids[0, pos])
+        if i in INDICATOR_IDS: assert torch.equal(embeds[0, pos], model.vte.weight[V - n + INDICATOR_IDS[0] - i])
+        elif i >= 0: assert torch.equal(embeds[0, pos], model.get_wte().weight[i])
 
 def test_pack_samples_labels_and_errors():
     g = torch.Generator().manual_seed(0)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
-           'attention_backend', 'varlen_backend', 'installed_backends', 'varlen_attention', 'varlen_attention_forward',
-           'register_varlen_attention', 'attention_kernels', 'keep_attention_context']
+           'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
+           'varlen_attention_forward', 'register_varlen_attention', 'attention_kernels', 'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -112,11 +112,15 @@ def installed_backends() -> list[str]:
                 flash_attn=cuda and flash_attn_varlen_func is not None, torch_varlen=cuda and _torch_varlen_attn is not None, sdpa=True)
     return [b for b in BACKENDS if runs[b]]
 
+def host_to_device(t:torch.Tensor, device) -> torch.Tensor:
+    "`t` on `device`; a host tensor bound for a GPU goes through pinned memory, so the copy never waits for the GPU's queue."
+    device = torch.device(device)
+    if t.device == device or t.is_cuda or device.type != 'cuda': return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
 def _to_device(cu:torch.Tensor, device) -> torch.Tensor:
-    "Borders on `device`, int32; a host tensor goes through pinned memory so the copy never waits for the GPU."
-    cu = cu.to(dtype=torch.int32)
-    if cu.device == device or cu.is_cuda: return cu.to(device)
-    return (cu.pin_memory() if device.type == 'cuda' else cu).to(device, non_blocking=True)
+    "Borders on `device`, int32, without waiting for the GPU."
+    return host_to_device(cu.to(dtype=torch.int32), device)
 
 def _torch_varlen(q, k, v, cu, max_seqlen, causal, scale, window):
     kw, P = {}, _TORCH_VARLEN_PARAMS

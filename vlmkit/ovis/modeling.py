@@ -18,7 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from torch.utils.checkpoint import checkpoint
 from ..loss import linear_cross_entropy, shift_labels
-from ..attention import (varlen_attention, cu_seqlens_from_lengths, cu_seqlens_from_position_ids,
+from ..attention import (varlen_attention, cu_seqlens_from_lengths, cu_seqlens_from_position_ids, host_to_device,
                               register_varlen_attention, VARLEN_IMPL)
 
 # %% auto #0
@@ -103,13 +103,15 @@ def block_order(grid:torch.Tensor, stride:int) -> torch.Tensor:
     return g.reshape(h * w, *rest)
 
 # %% ../../nbs/11_ovis_model.ipynb #8b329cf9
-def navit_rotary(grid_thws:torch.Tensor, head_dim:int, stride:int, theta:float=10000.0):
-    "cos, sin `[tokens, head_dim]` of the 2D rotary embedding for images `grid_thws` (t, h, w in patches)."
+def navit_rotary(grid_thws:torch.Tensor, head_dim:int, stride:int, theta:float=10000.0, device=None):
+    "cos, sin `[tokens, head_dim]` of the 2D rotary embedding for images `grid_thws` (t, h, w in patches), built on `device`."
     dim = head_dim // 2
-    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+    device = grid_thws.device if device is None else torch.device(device)
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)  # on the host, as the official buffer
+    inv_freq = host_to_device(inv_freq, device)
     pos = []
     for t, h, w in grid_thws.tolist():
-        hw = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij'), -1)
+        hw = torch.stack(torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing='ij'), -1)
         pos.append(block_order(hw, stride).repeat(t, 1))
     angles = (torch.cat(pos)[..., None].float() * inv_freq).flatten(1)   # [N, 2 * dim/2]: rows then columns
     emb = torch.cat([angles, angles], -1)
@@ -207,19 +209,21 @@ class NavitEncoder(nn.Module):
 
     def forward(self, x:torch.Tensor, grid_thws:torch.Tensor) -> torch.Tensor:
         c, grid = self.config, grid_thws.cpu()
-        rope = navit_rotary(grid, c.hidden_size // c.num_attention_heads, c.hidden_stride) if c.use_rope else None
+        # rotary tables built on the device, borders and order moved there once per forward (not per layer), all
+        # without waiting for the GPU: the host stays ahead of the kernels it queues
+        rope = navit_rotary(grid, c.hidden_size // c.num_attention_heads, c.hidden_stride, device=x.device) if c.use_rope else None
         frames = [h * w for t, h, w in grid.tolist() for _ in range(t)]
-        full = (cu_seqlens_from_lengths(frames), max(frames))  # host borders: checked and read without a GPU sync
+        full = (host_to_device(cu_seqlens_from_lengths(frames), x.device), max(frames))
         perm = None
         if len(c.full_attention_layers) < c.num_hidden_layers:
             perm, wins = window_partition(grid, self.window, c.hidden_stride)
-            windowed = (cu_seqlens_from_lengths(wins), max(wins))
-            x = x[perm.to(x.device)]
+            windowed = (host_to_device(cu_seqlens_from_lengths(wins), x.device), max(wins))
+            perm = host_to_device(perm, x.device)
+            x = x[perm]
             if rope is not None: rope = tuple(r[perm] for r in rope)
-        if rope is not None: rope = tuple(r.to(x.device) for r in rope)
         for i, layer in enumerate(self.layers):
             x = layer(x, *(full if i in c.full_attention_layers else windowed), rope)
-        return x if perm is None else x[perm.argsort().to(x.device)]
+        return x if perm is None else x[perm.argsort()]
 
 # %% ../../nbs/11_ovis_model.ipynb #d64f1f6f
 class NavitVisionTransformer(nn.Module):
@@ -231,7 +235,11 @@ class NavitVisionTransformer(nn.Module):
 
     def forward(self, pixel_values, grid_thws):
         "Encoder output (before `post_layernorm`, the features Ovis2.5 uses), one row per patch."
-        return self.encoder(self.embeddings(pixel_values, grid_thws), grid_thws)
+        grid = grid_thws.cpu()
+        patches = int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum())
+        if pixel_values.shape[0] != patches:
+            raise ValueError(f"pixel_values has {pixel_values.shape[0]} patch rows but grid_thws {grid.tolist()} gives {patches}")
+        return self.encoder(self.embeddings(pixel_values, grid), grid)
 
 class Siglip2NavitModel(nn.Module):
     def __init__(self, c:Siglip2NavitConfig):
@@ -314,18 +322,23 @@ def _check_atoms(input_ids, n_tokens):
     n_atoms = int((input_ids == VISUAL_ATOM_ID).sum())
     if n_atoms != n_tokens: raise ValueError(f"input_ids hold {n_atoms} visual atoms ({VISUAL_ATOM_ID}) but the images give {n_tokens} visual tokens")
 
+def _visual_token_count(self, grid_thws:torch.Tensor|None) -> int:
+    "Visual tokens the images `grid_thws` give: one per `hidden_stride x hidden_stride` block of patches."
+    if grid_thws is None: return 0
+    grid = grid_thws.cpu()
+    return int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()) // self.config.vit_config.hidden_stride ** 2
+
 def _merge_multimodal(self, input_ids:torch.Tensor, pixel_values:torch.Tensor|None=None, grid_thws:torch.Tensor|None=None) -> torch.Tensor:
     "Input embeddings `[B, L, hidden]`: text from the LLM table, visual atoms and indicators from `vte`."
+    # checked before any image work is queued, so reading the count waits for no encoder kernel
+    _check_atoms(input_ids, 0 if pixel_values is None else _visual_token_count(self, grid_thws))
     embeds = self.get_wte()(input_ids.clamp(min=0))
     is_ind = (input_ids <= INDICATOR_IDS[0]) & (input_ids >= INDICATOR_IDS[-1])
-    if is_ind.any():
-        rows = self.config.visual_vocab_size - len(INDICATOR_IDS) + (INDICATOR_IDS[0] - input_ids[is_ind])
-        embeds = embeds.index_put((is_ind,), self.vte.weight[rows].to(embeds.dtype))
-    if pixel_values is None:
-        _check_atoms(input_ids, 0)
-        return embeds
+    V, n = self.config.visual_vocab_size, len(INDICATOR_IDS)
+    rows = (V - n + (INDICATOR_IDS[0] - input_ids)).clamp(V - n, V - 1)  # the indicators' vte rows (elsewhere unused)
+    embeds = torch.where(is_ind[..., None], self.vte.weight[rows].to(embeds.dtype), embeds)  # not a mask index: no count to read
+    if pixel_values is None: return embeds
     visual = self.visual_embeddings(pixel_values, grid_thws)
-    _check_atoms(input_ids, visual.shape[0])
     return embeds.masked_scatter((input_ids == VISUAL_ATOM_ID)[..., None], visual.to(embeds.dtype))
 
 Ovis2_5ForConditionalGeneration.visual_embeddings = _visual_embeddings
@@ -342,11 +355,12 @@ def labelled_lm_loss(hidden:torch.Tensor, labels:torch.Tensor, lm_head:nn.Module
     return mean if num_items_in_batch is None else mean * len(y) / num_items_in_batch
 
 def _packed_kwargs(self, position_ids, kwargs):
-    "Host cu_seqlens for the varlen LLM layers, from position ids (one host sync per forward, not per layer)."
+    "cu_seqlens for the varlen LLM layers, from position ids (one host sync per forward, not per layer)."
     if position_ids is None or 'cu_seq_lens_q' in kwargs or self.llm.config._attn_implementation != VARLEN_IMPL: return {}
     if kwargs.get('past_key_values') is not None or kwargs.get('cache') is not None: return {}
     cu = cu_seqlens_from_position_ids(position_ids.cpu())
     m = int(cu.diff().max())
+    cu = host_to_device(cu, position_ids.device)  # once per forward, not once per layer
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=m, max_length_k=m)
 
 def _llm_params(llm) -> set:
