@@ -23,9 +23,9 @@ from ..attention import (varlen_attention, cu_seqlens_from_lengths, cu_seqlens_f
 
 # %% auto #0
 __all__ = ['VISUAL_ATOM_ID', 'INDICATOR_IDS', 'Ovis2_5_Config', 'Ovis2_5', 'Siglip2NavitConfig', 'Ovis2_5Config',
-           'tiny_ovis25_config', 'block_order', 'navit_rotary', 'rotate_half', 'apply_rotary', 'window_partition',
-           'bicubic_weights', 'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer', 'NavitEncoder',
-           'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualHead', 'VisualTokenizer',
+           'tiny_ovis25_config', 'block_order', 'patch_count', 'navit_rotary', 'rotate_half', 'apply_rotary',
+           'window_partition', 'bicubic_weights', 'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer',
+           'NavitEncoder', 'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualHead', 'VisualTokenizer',
            'Ovis2_5ForConditionalGeneration', 'labelled_lm_loss', 'random_sample', 'load_text_tokenizer',
            'pack_samples', 'unpack', 'pack_by_budget']
 
@@ -101,6 +101,11 @@ def block_order(grid:torch.Tensor, stride:int) -> torch.Tensor:
     h, w, rest = grid.shape[0], grid.shape[1], grid.shape[2:]
     g = grid.reshape(h // stride, stride, w // stride, stride, *rest).transpose(1, 2)
     return g.reshape(h * w, *rest)
+
+def patch_count(grid_thws:torch.Tensor) -> int:
+    "Patches the images `grid_thws` hold (the sum of t·h·w), read on the host."
+    grid = grid_thws.cpu()
+    return int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum())
 
 # %% ../../nbs/11_ovis_model.ipynb #8b329cf9
 def navit_rotary(grid_thws:torch.Tensor, head_dim:int, stride:int, theta:float=10000.0, device=None):
@@ -236,7 +241,7 @@ class NavitVisionTransformer(nn.Module):
     def forward(self, pixel_values, grid_thws):
         "Encoder output (before `post_layernorm`, the features Ovis2.5 uses), one row per patch."
         grid = grid_thws.cpu()
-        patches = int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum())
+        patches = patch_count(grid)
         if pixel_values.shape[0] != patches:
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} patch rows but grid_thws {grid.tolist()} gives {patches}")
         return self.encoder(self.embeddings(pixel_values, grid), grid)
@@ -324,9 +329,7 @@ def _check_atoms(input_ids, n_tokens):
 
 def _visual_token_count(self, grid_thws:torch.Tensor|None) -> int:
     "Visual tokens the images `grid_thws` give: one per `hidden_stride x hidden_stride` block of patches."
-    if grid_thws is None: return 0
-    grid = grid_thws.cpu()
-    return int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()) // self.config.vit_config.hidden_stride ** 2
+    return 0 if grid_thws is None else patch_count(grid_thws) // self.config.vit_config.hidden_stride ** 2
 
 def _merge_multimodal(self, input_ids:torch.Tensor, pixel_values:torch.Tensor|None=None, grid_thws:torch.Tensor|None=None) -> torch.Tensor:
     "Input embeddings `[B, L, hidden]`: text from the LLM table, visual atoms and indicators from `vte`."
