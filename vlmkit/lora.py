@@ -196,8 +196,9 @@ def enable_checkpointing(model:nn.Module, keep_attention:bool|str=False) -> nn.M
     if hasattr(m, 'activation_checkpointing_enable'): m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
     else: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
     if isinstance(keep_attention, str):  # kept only in the layers whose path the regex matches
-        kept = [mod for n, mod in checkpointed_layers(m).items() if re.search(keep_attention, n)]
-        if not kept: raise ValueError(f"keep_attention={keep_attention!r} matches none of the checkpointed layers, e.g. {next(iter(checkpointed_layers(m)), None)!r}")
+        layers = checkpointed_layers(m)
+        kept = [mod for n, mod in layers.items() if re.search(keep_attention, n)]
+        if not kept: raise ValueError(f"keep_attention={keep_attention!r} matches none of the checkpointed layers, e.g. {next(iter(layers), None)!r}")
         for mod in kept: mod._gradient_checkpointing_func = functools.partial(checkpoint, **kw, context_fn=keep_attention_context)
     for cfg in (getattr(m, 'config', None), getattr(getattr(m, 'config', None), 'text_config', None)):
         if cfg is not None and hasattr(cfg, 'use_cache'): cfg.use_cache = False  # a KV cache is useless when training
