@@ -7,10 +7,10 @@ Competitors, one image at a time, each from the same decoded RGB PIL image:
 * transformers 5.x `GotOcr2ImageProcessorPil` (PIL backend) and `GotOcr2ImageProcessor` (torchvision backend,
   only where torchvision is importable), configured from InternVL3.5's `preprocessor_config.json` values with
   `crop_to_patches=True`, `max_patches=12`;
-* vlmkit: `vlmkit.internvl.tiling.load_image` (one grid resize, tiles as a view, one conversion, batched
-  normalisation) with `threads=1` (Pillow's resize on one core, like every other path) and with `threads=N`
-  (`--threads`, default: all cores): each resize cut into exact row/column strips resized on N threads, the
-  thumbnail resized alongside the grid, each finished strip converted to float on the thread that resized it;
+* vlmkit: `vlmkit.internvl.tiling.load_image`: grid and thumbnail resized by `vlmkit.resample` (Pillow's arithmetic,
+  bit for bit, in numba-compiled vectorised loops, one horizontal pass shared by both; Pillow's own resize where numba
+  is missing), each finished strip converted straight into the float tiles; with `threads=1` and with `threads=N`
+  (`--threads`, default: all cores), each pass cut into row strips resized on N threads;
 * vlmkit's batched loader: `tile_loader(images, num_workers=W)` (`--workers`, default: all cores), a DataLoader
   whose W worker processes each tile whole images on one thread; images/s over the whole set, worker start-up
   included (each tensor arrives in the main process through shared memory).
@@ -22,6 +22,7 @@ The same N synthetic images of real-world sizes (phone photos, screenshots, docu
 Images are generated one by one (untimed) and every path runs on each in turn, best of `--repeats` per image, so
 machine noise hits all paths alike. Every output is compared with the official path's tensor (the loader's, in
 an untimed first pass over the set, through a SHA-1 of each official tensor's bytes).
+The header line says whether numba ran the resizes.
 Run: `python bench/internvl_tiling_cpu.py [--n 200] [--repeats 2] [--threads N ...] [--workers W ...]`.
 """
 import argparse, hashlib, importlib.util, os, platform, time
@@ -30,6 +31,7 @@ import torch
 from PIL import Image
 from vlmkit.images import synthetic_image
 from vlmkit.internvl.tiling import IMAGENET_MEAN, IMAGENET_STD, load_image, plan_tiles, tile_loader
+from vlmkit.resample import fast_resize_is_exact
 
 # (width, height)
 SIZES_WH = {
@@ -115,6 +117,8 @@ def with_torch_threads(fn, threads:int):
     return run
 
 
+def numba_version() -> str: import numba; return numba.__version__
+
 def fingerprint(t:torch.Tensor) -> bytes: return hashlib.sha1(t.contiguous().numpy().data).digest()
 
 def time_loader(images:list, want:list[bytes], workers:int, batch_size:int, repeats:int) -> tuple[float, bool]:
@@ -188,7 +192,8 @@ def main():
           f"best of {args.repeats} per image")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end; torch {torch.__version__} with {torch.get_num_threads()} thread(s); "
-          f"transformers {transformers.__version__}; Pillow {Image.__version__}; one image at a time; torchvision "
+          f"transformers {transformers.__version__}; Pillow {Image.__version__}; vlmkit resizes with "
+          f"{'numba ' + numba_version() if fast_resize_is_exact() else 'Pillow (no numba)'}; one image at a time; torchvision "
           f"{'installed' if importlib.util.find_spec('torchvision') else 'NOT installed: its backend is not measured'}\n")
     print("| path | images/s | ms/image | vlmkit speed-up | output vs official path |")
     print("|---|---:|---:|---:|---|")

@@ -233,7 +233,25 @@ def test_resize_exact_is_pillow_bit_for_bit(iw, ih, ow, oh, same_w, same_h, lanc
     if grey: im = im.convert('L')
     size = (iw if same_w else ow, ih if same_h else oh)
     rs = LANCZOS if lanczos else BICUBIC
-    assert np.array_equal(resize_exact(im, size, rs, threads), np.asarray(im.resize(size, rs)))
+    want = np.asarray(im.resize(size, rs))
+    assert np.array_equal(resize_exact(im, size, rs, threads), want)       # RGB: the vectorised resampler
+    if size == im.size: return                                              # the path without numba leaves it to Pillow
+    from vlmkit.internvl.tiling import _resize_split, _writer              # the path without numba
+    _resize_split(im, size, rs, threads, _writer(out := np.empty_like(want.reshape(size[1], size[0], -1))))
+    assert np.array_equal(out.reshape(want.shape), want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(iw=st.integers(1, 700), ih=st.integers(1, 700), sizes=st.lists(st.tuples(st.integers(1, 1000), st.integers(1, 1000)),
+       min_size=1, max_size=3), lanczos=st.booleans(), threads=st.integers(1, 4))
+def test_resize_many_is_pillow_bit_for_bit(iw, ih, sizes, lanczos, threads):
+    "Several sizes at once (horizontal first passes shared, vertical-first ones apart), every strip reported once."
+    from vlmkit.resample import resize_many, rgbx_array
+    im, rs, rows = _noise(iw, ih, iw * ih), LANCZOS if lanczos else BICUBIC, {}
+    outs = resize_many(rgbx_array(im), sizes, rs, threads, done=lambda i, o, a, b: rows.setdefault(i, []).append((a, b)))
+    for i, (out, size) in enumerate(zip(outs, sizes)):
+        assert np.array_equal(out[..., :3], np.asarray(im.resize(size, rs)))
+        assert sorted(b - a for a, b in rows[i]) and sum(b - a for a, b in rows[i]) == size[1]
 
 
 @pytest.mark.parametrize('size', [(4032, 3024), (1170, 2532), (6000, 1500), (2480, 3508), (600, 4000)])
@@ -243,13 +261,16 @@ def test_threaded_fast_path_equals_reference(size):
     ref = tiles_fast(img, threads=1)
     for t in (2, 3, 4):
         assert torch.equal(tiles_fast(img, threads=t), ref)
+    from vlmkit.internvl.tiling import _tiles_pillow                        # the path without numba
+    _tiles_pillow(img, plan_tiles(*size, use_thumbnail=True), BICUBIC, 3, pillow := torch.empty_like(ref))
+    assert torch.equal(pillow, ref)
     if size in [(1170, 2532), (600, 4000)]: assert torch.equal(ref, tiles_reference(img))
 
 
 def test_threaded_grid_covers_both_pass_orders():
     "The sizes above resize their grid horizontally first, except the receipt: vertical first, then row strips."
-    from vlmkit.internvl.tiling import _pillow_passes
-    first_pass_horizontal = lambda w, h: _pillow_passes((w, h), plan_tiles(w, h).resized_size)[0][1]
+    from vlmkit.resample import pillow_passes
+    first_pass_horizontal = lambda w, h: pillow_passes((w, h), plan_tiles(w, h).resized_size)[0][1]
     assert first_pass_horizontal(4032, 3024) and not first_pass_horizontal(600, 4000)
 
 

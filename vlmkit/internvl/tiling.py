@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from ..images import load_image as _load_image, to_rgb, synthetic_image, ImageLoadError
+from ..resample import FILTERS, fast_resize_is_exact, jit, pillow_passes, resize_many, rgbx_array, _pool, _strips
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TOKENS_PER_TILE', 'VARIANTS', 'SAMPLE_SIZES', 'open_rgb', 'target_ratios',
@@ -135,26 +136,6 @@ def official_pixels(case:dict, key:str='official_model_card') -> torch.Tensor:
     return case['pixel_values_lut'][torch.arange(3).view(1, 3, 1, 1), case[key]['pixel_values_u8'].long()]
 
 # %% ../../nbs/20_internvl_tiling.ipynb #360fadf2
-_POOLS = {}
-
-def _pool(threads:int, role:str='resize') -> ThreadPoolExecutor:
-    "A per-process thread pool for `role` (re-created after a fork: a child does not inherit its parent's threads)."
-    key = (os.getpid(), role, threads)
-    if key not in _POOLS: _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix=f'vlmkit-{role}')
-    return _POOLS[key]
-
-def _strips(n:int, k:int, minimum:int=64) -> list[int]:
-    "Cut points splitting `n` rows (or columns) into at most `k` near-equal strips of at least `minimum`."
-    k = max(1, min(k, n // minimum))
-    return [n * i // k for i in range(k + 1)]
-
-def _pillow_passes(src_size, size) -> list[tuple[tuple[int, int], bool]]:
-    "The separable passes `Image.resize` runs, as `(size after the pass, horizontal?)`, in Pillow >= 13's order."
-    (iw, ih), (ow, oh) = src_size, size
-    if ih - oh > 0 and ih - oh > 2 * (iw - ow): passes = [((iw, oh), False), ((ow, oh), True)]  # vertical first
-    else: passes = [((ow, ih), True), ((ow, oh), False)]
-    return [(s, horizontal) for (s, horizontal), before in zip(passes, [src_size, passes[0][0]]) if s != before]
-
 def _resize_pass(im:Image.Image, size, resample, threads:int, horizontal:bool, put):
     "One pass on the pool, in strips (rows for the horizontal pass, columns for the vertical); `put(offset, strip)`."
     (iw, ih), (ow, oh) = im.size, size
@@ -166,7 +147,7 @@ def _resize_pass(im:Image.Image, size, resample, threads:int, horizontal:bool, p
 
 def _resize_split(im:Image.Image, size, resample, threads:int, sink):
     "`im.resize(size, resample)` in strips on `threads` threads; `sink(top, left, strip)` receives the final strips."
-    *first, (last_size, last_horizontal) = _pillow_passes(im.size, size)
+    *first, (last_size, last_horizontal) = pillow_passes(im.size, size)
     for mid_size, horizontal in first:  # at most one; its strips are pasted into a Pillow image (no numpy round trip)
         mid = Image.new(im.mode, mid_size, None)
         _resize_pass(im, mid_size, resample, threads, horizontal, lambda a, s: mid.paste(s, (0, a) if horizontal else (a, 0)))
@@ -201,6 +182,8 @@ def _splits(im:Image.Image, size, threads:int) -> bool:
 def resize_exact(im:Image.Image, size, resample=Image.Resampling.BICUBIC, threads:int=1) -> np.ndarray:
     "`np.asarray(im.resize(size, resample))`, bit for bit, with the work spread over `threads` threads."
     size = tuple(size)
+    if im.mode == 'RGB' and resample in FILTERS and fast_resize_is_exact():
+        return resize_many(rgbx_array(im), [size], resample, threads)[0][..., :3].copy()
     if not _splits(im, size, threads): return np.asarray(im.resize(size, resample))
     out = np.empty((size[1], size[0], len(im.getbands())), np.uint8)
     _resize_split(im, size, resample, threads, _writer(out))
@@ -235,14 +218,32 @@ def _resize_to_tiles(image:Image.Image, size, resample, threads:int, out:torch.T
     if _splits(image, size, threads): _resize_split(image, size, resample, threads, sink)
     else: sink(0, 0, image.resize(size, resample))
 
-def tiles_fast(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True,
-               resample=Image.Resampling.BICUBIC, threads:int|None=None) -> torch.Tensor:
-    "Same tensor as `tiles_reference`: one grid resize, tiles as views of it, converted straight into one tensor."
-    image = open_rgb(image)
-    plan = plan_tiles(*image.size, min_num, max_num, image_size, use_thumbnail)
-    s = image_size
-    if threads is None: threads = torch.get_num_threads()
-    out = torch.empty(plan.num_tiles, 3, s, s)
+@functools.lru_cache(maxsize=None)
+def _normalized_lut(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    "float32 `[3, 256]`: every uint8 value of each channel through `_normalize_`, so a lookup is bit-identical to it."
+    return _normalize_(torch.arange(256, dtype=torch.float32).repeat(3, 1, 1)).view(3, 256).numpy()
+
+@jit
+def _rgbx_to_tiles(grid, tiles, lut, first, y0, y1):
+    "Rows `y0:y1` of an RGBX uint8 grid of tiles -> `tiles[first + row * cols + col, channel, y, x]` through `lut`."
+    s = tiles.shape[2]; cols = grid.shape[1] // s
+    for y in range(y0, y1):
+        t = first + (y // s) * cols; yy = y % s
+        for c in range(cols):
+            for ch in range(3):
+                dst, table = tiles[t + c, ch, yy], lut[ch]
+                for x in range(s): dst[x] = table[grid[y, c * s + x, ch]]
+
+def _tiles_vectorised(image:Image.Image, plan:TilePlan, resample, threads:int, out:torch.Tensor):
+    "Grid and thumbnail through `resize_many` (one shared first pass), each final strip converted into `out` at once."
+    s, tiles, lut = out.shape[-1], out.numpy(), _normalized_lut()
+    sizes, firsts = [plan.resized_size] + [(s, s)] * plan.thumbnail, [0, plan.blocks]
+    resize_many(rgbx_array(image), sizes, resample, threads,
+                done=lambda i, grid, y0, y1: _rgbx_to_tiles(grid, tiles, lut, firsts[i], y0, y1))
+
+def _tiles_pillow(image:Image.Image, plan:TilePlan, resample, threads:int, out:torch.Tensor):
+    "Without numba: Pillow's own resizes, cut into strips on `threads` threads, each strip converted into `out`."
+    s = out.shape[-1]
     # on several threads a second driver thread resizes the thumbnail while this one resizes the grid (their strips
     # share the resize pool; the driver has a pool of its own, so it never waits on a pool it occupies)
     thumb = plan.thumbnail and threads > 1 and _pool(1, 'thumbnail').submit(
@@ -250,6 +251,16 @@ def tiles_fast(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True,
     _resize_to_tiles(image, plan.resized_size, resample, threads, out, 0)
     if thumb: thumb.result()
     elif plan.thumbnail: _resize_to_tiles(image, (s, s), resample, 1, out, plan.blocks)
+
+def tiles_fast(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True,
+               resample=Image.Resampling.BICUBIC, threads:int|None=None) -> torch.Tensor:
+    "Same tensor as `tiles_reference`: two exact resizes (grid, thumbnail) converted straight into one tensor."
+    image = open_rgb(image)
+    plan = plan_tiles(*image.size, min_num, max_num, image_size, use_thumbnail)
+    if threads is None: threads = torch.get_num_threads()
+    out = torch.empty(plan.num_tiles, 3, image_size, image_size)
+    vectorised = resample in FILTERS and fast_resize_is_exact()
+    (_tiles_vectorised if vectorised else _tiles_pillow)(image, plan, resample, threads, out)
     return out
 
 # %% ../../nbs/20_internvl_tiling.ipynb #4abf503b
