@@ -16,7 +16,7 @@ except ImportError: numba = None
 
 # %% auto #0
 __all__ = ['PRECISION_BITS', 'FILTERS', 'HAVE_NUMBA', 'pillow_passes', 'Coefficients', 'pillow_coefficients', 'jit', 'rgbx_array',
-           'resize_many', 'fast_resize_is_exact']
+           'resize_many', 'reproduces_pillow', 'fast_resize_is_exact']
 
 # %% ../nbs/05_resample.ipynb #a2f6260e
 def pillow_passes(src_size, size) -> list[tuple[tuple[int, int], bool]]:
@@ -196,8 +196,8 @@ def resize_many(src:np.ndarray, sizes:list, resample=Image.Resampling.BICUBIC, t
     first, final = [], []                                  # the two phases' tasks
     shared = [i for i, p in enumerate(plans) if len(p) == 2 and p[0][1]]
     if shared:                                             # horizontal first: one pass for all their widths
-        lo = min(int(vert(sizes[i][1]).start.min()) for i in shared)
-        hi = max(int((vert(sizes[i][1]).start + vert(sizes[i][1]).count).max()) for i in shared)
+        vcs = [vert(sizes[i][1]) for i in shared]
+        lo, hi = min(int(c.start.min()) for c in vcs), max(int((c.start + c.count).max()) for c in vcs)
         widths = [sizes[i][0] for i in shared]
         mid = _scratch('mid', (hi - lo, sum(widths), 4))
         hc = _stack([pillow_coefficients(w, ow, resample) for ow in widths])
@@ -234,17 +234,20 @@ _CHECK_CASES = [((300, 200), [(150, 90), (448, 448)]), ((200, 500), [(180, 100),
                 ((97, 301), [(448, 896)]), ((640, 130), [(1344, 448), (448, 448)]), ((400, 400), [(400, 97), (400, 400)]),
                 ((333, 517), [(333, 448), (448, 517)]), ((1, 40), [(448, 448)])]
 
-@functools.lru_cache(maxsize=None)
-def fast_resize_is_exact() -> bool:
-    "Is numba installed, and does `resize_many` reproduce this Pillow's `Image.resize`? (checked once per process)"
-    if not HAVE_NUMBA: return False
+def reproduces_pillow(resize) -> bool:
+    "Does `resize(image, sizes, resample)`, a list of RGB or RGBX arrays, give `Image.resize`'s pixels on the check cases?"
     rng = np.random.default_rng(0)
     for (iw, ih), sizes in _CHECK_CASES:
         im = Image.fromarray(rng.integers(0, 256, (ih, iw, 3), dtype=np.uint8))
         for rs in FILTERS:
-            got = resize_many(rgbx_array(im), sizes, rs, threads=3)
-            if not all(np.array_equal(g[..., :3], np.asarray(im.resize(s, rs))) for g, s in zip(got, sizes)):
-                warnings.warn(f"vlmkit's exact resampler does not reproduce Pillow {Image.__version__}; "
-                              "using Pillow's own resize (slower)")
-                return False
+            got = resize(im, sizes, rs)
+            if not all(np.array_equal(g[..., :3], np.asarray(im.resize(s, rs))) for g, s in zip(got, sizes)): return False
     return True
+
+@functools.lru_cache(maxsize=None)
+def fast_resize_is_exact() -> bool:
+    "Is numba installed, and does `resize_many` reproduce this Pillow's `Image.resize`? (checked once per process)"
+    if not HAVE_NUMBA: return False
+    if reproduces_pillow(lambda im, sizes, rs: resize_many(rgbx_array(im), sizes, rs, threads=3)): return True
+    warnings.warn(f"vlmkit's exact resampler does not reproduce Pillow {Image.__version__}; using Pillow's own resize (slower)")
+    return False

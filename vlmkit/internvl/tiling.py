@@ -6,15 +6,14 @@ Docs: https://vlmkit.github.io/vlmkit/internvl_tiling.html.md"""
 
 # %% ../../nbs/20_internvl_tiling.ipynb #2e5a0f03
 from __future__ import annotations
-import functools, io, math, os
-from concurrent.futures import ThreadPoolExecutor
+import functools, io, math
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 from ..images import load_image as _load_image, to_rgb, synthetic_image, ImageLoadError
-from ..resample import FILTERS, fast_resize_is_exact, jit, pillow_passes, resize_many, rgbx_array, _pool, _strips
+from ..resample import FILTERS, fast_resize_is_exact, jit, pillow_passes, reproduces_pillow, resize_many, rgbx_array, _pool, _strips
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TOKENS_PER_TILE', 'VARIANTS', 'SAMPLE_SIZES', 'open_rgb', 'target_ratios',
@@ -164,15 +163,14 @@ def _writer(out:np.ndarray, done=None):
 
 @functools.lru_cache(maxsize=None)
 def _split_resize_is_exact() -> bool:
-    "Does the strip-split resize reproduce this Pillow's `Image.resize`? (checked once: both pass orders, both filters)"
-    rng = np.random.default_rng(0)
-    for (iw, ih), (ow, oh) in [((300, 200), (150, 90)), ((200, 500), (180, 100)), ((97, 301), (448, 896)),
-                               ((640, 130), (1344, 448)), ((400, 400), (400, 97)), ((333, 517), (333, 448))]:
-        im = Image.fromarray(rng.integers(0, 256, (ih, iw, 3), dtype=np.uint8))
-        for rs in (Image.Resampling.BICUBIC, Image.Resampling.LANCZOS):
-            _resize_split(im, (ow, oh), rs, 3, _writer(out := np.empty((oh, ow, 3), np.uint8)))
-            if not np.array_equal(np.asarray(im.resize((ow, oh), rs)), out): return False
-    return True
+    "Does the strip-split resize reproduce this Pillow's `Image.resize`? (checked once, on `reproduces_pillow`'s cases)"
+    def split(im, sizes, rs):
+        outs = [np.empty((h, w, 3), np.uint8) for w, h in sizes]
+        for size, out in zip(sizes, outs):
+            if size == im.size: out[:] = np.asarray(im)  # never split (see `_splits`): Pillow copies
+            else: _resize_split(im, size, rs, 3, _writer(out))
+        return outs
+    return reproduces_pillow(split)
 
 def _splits(im:Image.Image, size, threads:int) -> bool:
     "Split this resize? Not on one thread, for small images or when the self-check failed (then Pillow's own resize)."
