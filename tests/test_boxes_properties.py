@@ -1,10 +1,11 @@
 """Property tests for vlmkit.boxes: space round trips, xyxy/xywh, format -> parse identity per syntax, parsers that
-never raise, and IoU against a direct formula. Each property runs 1,000 examples."""
+never raise, IoU against a direct formula (always an [N, M] array), and label placement without overlaps. Each
+property runs 1,000 examples."""
 import math
 import numpy as np
 from hypothesis import given, settings, strategies as st, HealthCheck
 from vlmkit.boxes import (SYNTAXES, convert_boxes, convert_points, xyxy_to_xywh, xywh_to_xyxy, box_problem, point_problem,
-                          box_iou, parse_boxes, format_boxes, format_points)
+                          box_iou, parse_boxes, format_boxes, format_points, place_labels)
 
 many = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -186,5 +187,37 @@ def test_iou_symmetric_bounded_and_equal_to_direct_formula(p, g):
 @many
 @given(pixel_boxes((5000, 5000)))
 def test_iou_of_a_box_with_itself_is_one(b):
-    if (b[2] - b[0]) * (b[3] - b[1]) > 0: assert math.isclose(box_iou(b, b), 1.0, rel_tol=1e-12)
-    else: assert box_iou(b, b) == 0.0   # pycocotools: zero area, zero intersection
+    iou = box_iou(b, b)
+    assert type(iou) is np.ndarray and iou.shape == (1, 1)
+    if (b[2] - b[0]) * (b[3] - b[1]) > 0: assert math.isclose(iou[0, 0], 1.0, rel_tol=1e-12)
+    else: assert iou[0, 0] == 0.0   # pycocotools: zero area, zero intersection
+
+@many
+@given(box_lists, box_lists, st.booleans(), st.booleans())
+def test_iou_is_an_n_by_m_array_for_every_input_shape(p, g, p_single, g_single):
+    "A single box [4] counts as one box: the result is [N, M] float64 whether the inputs are 1-D or 2-D."
+    p, g = (p[0] if p_single else p), (g[0] if g_single else g)
+    m = box_iou(p, g)
+    assert type(m) is np.ndarray and m.dtype == np.float64
+    assert m.shape == (1 if p_single else len(p), 1 if g_single else len(g))
+    np.testing.assert_array_equal(m, box_iou(np.atleast_2d(p), np.atleast_2d(g)))
+
+
+# --- label placement ----------------------------------------------------------------------------------------
+
+def _overlaps(a, b): return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+label_rects = st.lists(st.builds(lambda x, y, w, h: (x, y, x + w, y + h), st.integers(0, 300), st.integers(0, 300),
+                                 st.integers(0, 120), st.integers(0, 40)), max_size=12)
+
+@many
+@given(label_rects, st.integers(0, 4))
+def test_placed_labels_never_overlap_and_only_move_down(rects, gap):
+    placed = place_labels(rects, gap)
+    assert len(placed) == len(rects)
+    for (l, t, r, b), (pl, pt, pr, pb) in zip(rects, placed):
+        assert (pl, pr) == (l, r) and pb - pt == b - t and pt >= t   # same size and x, moved down or kept
+    for i in range(len(placed)):
+        for j in range(i):
+            assert not _overlaps(placed[i], placed[j]), (rects, placed)
+    if rects: assert placed[0] == rects[0]   # the first label stays where it was asked for

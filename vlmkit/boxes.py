@@ -6,7 +6,7 @@ Docs: https://vlmkit.github.io/vlmkit/boxes.html.md"""
 
 # %% ../nbs/00_boxes.ipynb #23ff2122
 from __future__ import annotations
-import json, math, re
+import json, math, os, re
 from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 # %% auto #0
 __all__ = ['SPACES', 'SYNTAXES', 'PALETTE', 'convert_boxes', 'convert_points', 'resized_size_from_grid', 'xyxy_to_xywh',
            'xywh_to_xyxy', 'box_problem', 'point_problem', 'box_problems', 'clamp_boxes', 'box_iou', 'BoxSyntax',
-           'get_syntax', 'Found', 'Rejected', 'Parsed', 'parse_boxes', 'format_boxes', 'format_points', 'draw_boxes',
-           'draw_points', 'draw_parsed', 'show_boxes']
+           'get_syntax', 'Found', 'Rejected', 'Parsed', 'parse_boxes', 'format_boxes', 'format_points', 'place_labels',
+           'draw_boxes', 'draw_points', 'draw_parsed', 'show_boxes']
 
 # %% ../nbs/00_boxes.ipynb #f6a3ccff
 SPACES = ('pixel', 'unit', 'k1000', 'resized_pixel')
@@ -130,15 +130,13 @@ def _valid_xyxy(boxes, name:str) -> np.ndarray:
             raise ValueError(f"box_iou: {name}[{i}] = {row.tolist()} is not a valid xyxy box ({box_problem(row, 'pixel')})")
     return b
 
-def box_iou(preds, gts) -> np.ndarray|float:
-    "IoU of xyxy boxes (any one space) `preds` [N, 4] x `gts` [M, 4] -> [N, M], via pycocotools (iscrowd=0); two single boxes -> a float."
+def box_iou(preds, gts) -> np.ndarray:
+    "IoU `[N, M]` of xyxy boxes (any one space) `preds` [N, 4] x `gts` [M, 4] via pycocotools (iscrowd=0); a box [4] counts as N=1."
     from pycocotools import mask as mask_utils
-    single = np.ndim(preds) == 1 and np.ndim(gts) == 1
     p, g = _valid_xyxy(preds, 'preds'), _valid_xyxy(gts, 'gts')
     if len(p) == 0 or len(g) == 0: return np.zeros((len(p), len(g)))
     iou = np.asarray(mask_utils.iou(xyxy_to_xywh(p), xyxy_to_xywh(g), [0] * len(g)), dtype=np.float64).reshape(len(p), len(g))
-    iou = np.nan_to_num(iou, nan=0.0)  # 0/0 when sub-normal sides make both areas underflow to 0: same rule as any zero-area box
-    return float(iou[0, 0]) if single else iou
+    return np.nan_to_num(iou, nan=0.0)  # 0/0 when sub-normal sides make both areas underflow to 0: same rule as any zero-area box
 
 # %% ../nbs/00_boxes.ipynb #b983380b
 @dataclass(frozen=True)
@@ -432,47 +430,80 @@ def _labels_for(n:int, labels) -> list:
     if len(labels) != n: raise ValueError(f"{n} items but {len(labels)} labels")
     return labels
 
-def _canvas(img:Image.Image):
-    "An RGB copy of `img`, a drawing context on it, and a label font (and its size) scaled to the image."
-    out = img.convert('RGB')
-    fs = max(10, min(out.size) // 22)
+def _canvas(img, who:str, font_size:int|None=None):
+    "An RGB copy of `img` (a PIL image, or an image file read by vlmkit's safe loader), a drawing context, a label font and its size."
+    if isinstance(img, (str, os.PathLike)):
+        from vlmkit.images import load_image  # on first use: only drawing from a file needs the loader
+        out = load_image(img)
+    elif isinstance(img, Image.Image): out = img.convert('RGB')
+    else: raise TypeError(f"{who}: img must be a PIL image or the path of an image file, got {type(img).__name__}")
+    fs = font_size or max(10, min(out.size) // 22)
     return out, ImageDraw.Draw(out), _font(fs), fs
 
-def _draw_label(draw, xy, text:str, color, font):
-    l, t, r, b = draw.textbbox(xy, text, font=font)
-    draw.rectangle((l - 2, t - 1, r + 2, b + 1), fill=color)
-    draw.text(xy, text, fill='white', font=font)
+def _overlap(a, b) -> bool:
+    "Whether rectangles `a` and `b` (left, top, right, bottom; inclusive pixel bounds, as Pillow fills them) share a pixel."
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
-def draw_boxes(img:Image.Image, boxes, labels=None, colors=None, width:int|None=None, space:str='pixel', resized_size=None) -> Image.Image:
-    "A copy of `img` (converted to RGB) with `boxes` [N, 4] (xyxy in `space` of this image) outlined and labelled."
-    out, draw, font, fs = _canvas(img)
-    b = convert_boxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), space, 'pixel', out.size, resized_size)
-    labels, colors = _labels_for(len(b), labels), colors or PALETTE
-    width = width or max(2, round(min(out.size) / 150))
-    for i, (box, lb) in enumerate(zip(b, labels)):
-        c = colors[i % len(colors)]
-        draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=c, width=width)
-        # label above the box, or inside its top edge when there is no room above
-        if lb: _draw_label(draw, (box[0] + width, box[1] - fs - 4 if box[1] >= fs + 4 else box[1] + width), str(lb), c, font)
+def place_labels(rects, gap:int=1) -> list[tuple]:
+    "Label rectangles `(l, t, r, b)` in drawing order, each moved down (only) until it overlaps no earlier one, `gap` pixels below."
+    placed = []
+    for rect in rects:
+        l, t, r, b = rect
+        while (hit := [p for p in placed if _overlap((l, t, r, b), p)]):
+            dy = max(p[3] for p in hit) + 1 + gap - t  # moves past every label it hits, so the loop ends
+            t, b = t + dy, b + dy
+        placed.append((l, t, r, b))
+    return placed
+
+def _draw_labels(draw, font, items:list):
+    "Draw labels `(xy, text, color)` (white text on `color`) where `place_labels` puts them."
+    rects = []
+    for xy, text, _ in items:
+        l, t, r, b = draw.textbbox(xy, text, font=font)
+        rects.append((l - 2, t - 1, r + 2, b + 1))
+    for (xy, text, color), old, new in zip(items, rects, place_labels(rects)):
+        draw.rectangle(new, fill=color)
+        draw.text((xy[0], xy[1] + new[1] - old[1]), text, fill='white', font=font)
+
+def _draw(img, who, boxes=None, box_labels=None, box_colors=None, points=None, point_labels=None, point_colors=None,
+          width=None, radius=None, space='pixel', resized_size=None, font_size=None) -> Image.Image:
+    "Boxes and points on a copy of `img`, then all their labels together."
+    out, draw, font, fs = _canvas(img, who, font_size)
+    items = []
+    if boxes is not None:
+        b = convert_boxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), space, 'pixel', out.size, resized_size)
+        colors, width = box_colors or PALETTE, width or max(2, round(min(out.size) / 150))
+        for i, (box, lb) in enumerate(zip(b, _labels_for(len(b), box_labels))):
+            c = colors[i % len(colors)]
+            draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=c, width=width)
+            # label above the box, or inside its top edge when there is no room above
+            if lb: items.append(((box[0] + width, box[1] - fs - 4 if box[1] >= fs + 4 else box[1] + width), str(lb), c))
+    if points is not None:
+        p = convert_points(np.asarray(points, dtype=np.float64).reshape(-1, 2), space, 'pixel', out.size, resized_size)
+        colors, radius = point_colors or PALETTE, radius or max(3, round(min(out.size) / 80))
+        for i, ((x, y), lb) in enumerate(zip(p, _labels_for(len(p), point_labels))):
+            c = colors[i % len(colors)]
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=c, outline='white', width=max(1, radius // 3))
+            if lb: items.append(((x + radius + 2, y - radius), str(lb), c))
+    _draw_labels(draw, font, items)
     return out
 
-def draw_points(img:Image.Image, points, labels=None, colors=None, radius:int|None=None, space:str='pixel', resized_size=None) -> Image.Image:
-    "A copy of `img` (RGB) with `points` [K, 2] (x, y in `space` of this image) marked as dots and labelled."
-    out, draw, font, _ = _canvas(img)
-    p = convert_points(np.asarray(points, dtype=np.float64).reshape(-1, 2), space, 'pixel', out.size, resized_size)
-    labels, colors = _labels_for(len(p), labels), colors or PALETTE
-    radius = radius or max(3, round(min(out.size) / 80))
-    for i, ((x, y), lb) in enumerate(zip(p, labels)):
-        c = colors[i % len(colors)]
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=c, outline='white', width=max(1, radius // 3))
-        if lb: _draw_label(draw, (x + radius + 2, y - radius), str(lb), c, font)
-    return out
+def draw_boxes(img:Image.Image|str|os.PathLike, boxes, labels=None, colors=None, width:int|None=None, space:str='pixel',
+               resized_size=None, font_size:int|None=None) -> Image.Image:
+    "A copy of `img` (PIL image or image file, as RGB) with `boxes` [N, 4] (xyxy in `space` of this image) outlined and labelled."
+    return _draw(img, 'draw_boxes', boxes, labels, colors, width=width, space=space, resized_size=resized_size, font_size=font_size)
 
-def draw_parsed(img:Image.Image, parsed:Parsed, resized_size=None) -> Image.Image:
+def draw_points(img:Image.Image|str|os.PathLike, points, labels=None, colors=None, radius:int|None=None, space:str='pixel',
+                resized_size=None, font_size:int|None=None) -> Image.Image:
+    "A copy of `img` (PIL image or image file, as RGB) with `points` [K, 2] (x, y in `space` of this image) marked as dots and labelled."
+    return _draw(img, 'draw_points', points=points, point_labels=labels, point_colors=colors, radius=radius, space=space,
+                 resized_size=resized_size, font_size=font_size)
+
+def draw_parsed(img:Image.Image|str|os.PathLike, parsed:Parsed, resized_size=None, font_size:int|None=None) -> Image.Image:
     "A copy of `img` with every box and point of `parsed` drawn, converted from the parse's space to this image's pixels."
-    out = draw_boxes(img, parsed.boxes, parsed.box_labels, space=parsed.space, resized_size=resized_size)
     k = len(parsed.boxes) % len(PALETTE)  # points continue the box colours
-    return draw_points(out, parsed.points, parsed.point_labels, colors=PALETTE[k:] + PALETTE[:k], space=parsed.space, resized_size=resized_size)
+    return _draw(img, 'draw_parsed', parsed.boxes, parsed.box_labels, PALETTE, parsed.points, parsed.point_labels,
+                 PALETTE[k:] + PALETTE[:k], space=parsed.space, resized_size=resized_size, font_size=font_size)
 
 # %% ../nbs/00_boxes.ipynb #1734326d
 def show_boxes(img:Image.Image, boxes=None, labels=None, points=None, point_labels=None, ax=None, space:str='pixel',
