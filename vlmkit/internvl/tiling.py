@@ -87,8 +87,8 @@ def check_image_size(width:int, height:int):
         raise ValueError(f"image size {width}x{height} (WxH) has a zero side: InternVL tiling needs width, height >= 1")
 
 def plan_tiles(width:int, height:int, min_num:int=1, max_num:int=12, image_size:int=448,
-               use_thumbnail:bool=False) -> TilePlan:
-    "The official grid for a `width`×`height` image, with the thumbnail added only when there is more than one tile."
+               use_thumbnail:bool=True) -> TilePlan:
+    "The official grid for a `width`×`height` image, plus a thumbnail (as `load_image` adds by default) when there is more than one tile."
     check_image_size(width, height)
     cols, rows = find_closest_aspect_ratio(width / height, target_ratios(min_num, max_num), width, height, image_size)
     return TilePlan(width, height, cols, rows, image_size, bool(use_thumbnail and cols * rows != 1))
@@ -97,7 +97,7 @@ def plan_tiles(width:int, height:int, min_num:int=1, max_num:int=12, image_size:
 def dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False,
                        resample=Image.Resampling.BICUBIC) -> list[Image.Image]:
     "Official tiling: resize to the grid, crop row-major, append a thumbnail when there is more than one tile."
-    plan = plan_tiles(*image.size, min_num, max_num, image_size, use_thumbnail)
+    plan = plan_tiles(*image.size, min_num, max_num, image_size, use_thumbnail=use_thumbnail)
     resized = image.resize(plan.resized_size, resample)
     tiles = [resized.crop(box) for box in plan.boxes()]
     if plan.thumbnail: tiles.append(image.resize((image_size, image_size), resample))
