@@ -162,13 +162,15 @@ def test_save_frames_names_and_sizes(clip, tmp_path):
 
 
 def test_cli(clip, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, '-c', 'from vlmkit.video import save_frames_cli; save_frames_cli()',
+    # what the console script does: sys.exit(<the function's return value>)
+    run = lambda *a: subprocess.run([sys.executable, '-c', 'import sys; from vlmkit.video import save_frames_cli; sys.exit(save_frames_cli())',
                                      *map(str, a)], capture_output=True, text=True)
     r = run(clip, tmp_path / 'out', '-n', '3', '--bound', '0.5', '2.5', '--size', '0')
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == '', r.stderr
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['frame_000.png', 'frame_001.png', 'frame_002.png']
     r = run(tmp_path / 'nope.mp4', tmp_path / 'out2')
     assert r.returncode == 2 and 'nope.mp4: file not found' in r.stderr
     r = run(clip, tmp_path / 'out3', '-n', '99')
     assert r.returncode == 2 and 'only 30' in r.stderr
-    assert len(save_frames_cli([str(clip), str(tmp_path / 'out4'), '-n', '2'])) == 2
+    assert save_frames_cli([str(clip), str(tmp_path / 'out4'), '-n', '2']) == 0   # an exit status, not the paths
+    assert len(list((tmp_path / 'out4').iterdir())) == 2

@@ -6,7 +6,7 @@ Docs: https://vlmkit.github.io/vlmkit/video.html.md"""
 
 # %% ../nbs/02_video.ipynb #b90b2883
 from __future__ import annotations
-import argparse
+import argparse, sys
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -207,8 +207,12 @@ def load_video(video_path, bound=None, input_size=448, max_num=1, num_segments=3
 def save_frames(video_path, out_dir, num_segments=8, bound=None, size:int|None=448, fmt='png', backend=None,
                 allow_repeats=False, prefix='frame_') -> list[Path]:
     "Save the `get_index`-sampled frames as `{prefix}{k:03d}.{fmt}`, resized to `size`×`size` (BICUBIC) unless `size=None`."
+    if Image.registered_extensions().get(f".{fmt}".lower()) not in Image.SAVE:
+        raise ValueError(f"fmt={fmt!r}: not an image format Pillow can write (png, jpg, webp, ...)")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: exists and is not a folder")
     frames, _, _ = sample_frames(video_path, num_segments, bound, 0, backend, allow_repeats)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, f in enumerate(frames):
         im = Image.fromarray(f)
@@ -217,9 +221,10 @@ def save_frames(video_path, out_dir, num_segments=8, bound=None, size:int|None=4
         paths.append(p)
     return paths
 
-def save_frames_cli(argv=None):
-    "Console entry point `vlmkit-save-frames VIDEO OUT_DIR [-n 8] [--bound START END] [--size 448|0] [--format png]`."
+def save_frames_cli(argv=None) -> int:
+    "Console entry point `vlmkit-save-frames VIDEO OUT_DIR [-n 8] [--bound START END] [--size 448|0] [--format png]`: exit status 0 or 2."
     ap = argparse.ArgumentParser(prog='vlmkit-save-frames', description=save_frames.__doc__)
+    ap.error = lambda msg: ap.exit(2, f"{ap.prog}: error: {msg}\n")  # one line, without argparse's usage block
     ap.add_argument('video'); ap.add_argument('out_dir')
     ap.add_argument('-n', '--num-segments', type=int, default=8)
     ap.add_argument('--bound', type=float, nargs=2, metavar=('START_S', 'END_S'))
@@ -228,7 +233,10 @@ def save_frames_cli(argv=None):
     ap.add_argument('--backend', choices=list(BACKENDS), default=None)
     ap.add_argument('--allow-repeats', action='store_true')
     a = ap.parse_args(argv)
+    if a.size < 0: ap.error(f"argument --size: must be 0 or more, got {a.size}")
     try: paths = save_frames(a.video, a.out_dir, a.num_segments, a.bound, a.size or None, a.format, a.backend, a.allow_repeats)
-    except (ValueError, ImportError) as e: ap.exit(2, f"vlmkit-save-frames: error: {e}\n")
+    except (ValueError, ImportError, OSError) as e:  # bad input; anything else is a bug and keeps its traceback
+        print(f"{ap.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(f"saved {len(paths)} frames to {a.out_dir}")
-    return paths
+    return 0
