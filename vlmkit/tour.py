@@ -6,22 +6,22 @@ Docs: https://vlmkit.github.io/vlmkit/tour.html.md"""
 
 # %% ../nbs/80_tour.ipynb #f1afa671
 from __future__ import annotations
-import argparse
+import argparse, sys
 from pathlib import Path
 import numpy as np
 import torch
 from .images import synthetic_image
 from .boxes import box_iou, convert_boxes, format_boxes, parse_boxes, draw_parsed
 from .internvl.tiling import plan_tiles, draw_tile_grid, load_image as internvl_load_image
-from .testing import tiny_internvl, n_params
 
 # %% auto #0
 __all__ = ['tour_model', 'tour_tiling', 'tour_answer', 'tour_grounding', 'simulated_predictions', 'acc_at', 'tour_figure',
-           'run_tour', 'main']
+           'shown_path', 'run_tour', 'main']
 
 # %% ../nbs/80_tour.ipynb #9792bf73
 def tour_model(image, seed:int=0) -> dict:
     "Build a tiny InternVL, run one forward on `image` with a question, return what came out."
+    from vlmkit.testing import tiny_internvl, n_params  # transformers loads here, so `vlmkit-tour --help` answers at once
     vlm = tiny_internvl(seed)
     msgs = [{'role': 'user', 'content': '<IMG_CONTEXT>\nWhere is the red circle?'}]
     inputs = vlm.inputs(msgs, [image], add_generation_prompt=True)
@@ -32,7 +32,7 @@ def tour_model(image, seed:int=0) -> dict:
 # %% ../nbs/80_tour.ipynb #2a4a8e61
 def tour_tiling(image, max_num:int=12) -> dict:
     "The InternVL tile plan and pixel tensor for `image`."
-    plan = plan_tiles(*image.size, max_num=max_num, use_thumbnail=True)
+    plan = plan_tiles(*image.size, max_num=max_num)  # plans the thumbnail, as load_image adds it
     pv = internvl_load_image(image, max_num=max_num)
     return dict(plan=plan, pixel_values_shape=tuple(pv.shape), tokens=plan.num_tokens())
 
@@ -43,13 +43,13 @@ def tour_answer(objects:list, size:tuple) -> str:
     good = format_boxes(boxes, 'internvl', labels=[o['name'] for o in objects])
     return f"I see {good} and <ref>a ghost</ref><box>[[900, 900, 100, 100]]</box>."
 
-def tour_grounding(image, objects:list) -> dict:
-    "Parse `tour_answer` back, check it against the truth, and draw what was found."
+def tour_grounding(image, objects:list, font_size:int|None=None) -> dict:
+    "Parse `tour_answer` back, check it against the truth, and draw what was found (labels `font_size` pixels high)."
     text = tour_answer(objects, image.size)
     parsed = parse_boxes(text, 'internvl')
     found = parsed.boxes_in('pixel', image.size)
-    iou = box_iou(found, np.array([o['box'] for o in objects], dtype=float)).diagonal()
-    return dict(text=text, parsed=parsed, iou=iou, drawn=draw_parsed(image, parsed))
+    iou = box_iou(found, np.array([o['box'] for o in objects], dtype=float)).diagonal()  # [N, N]: each box against its own truth
+    return dict(text=text, parsed=parsed, iou=iou, drawn=draw_parsed(image, parsed, font_size=font_size))
 
 # %% ../nbs/80_tour.ipynb #fcbda5b0
 def simulated_predictions(n:int=50, noise:float=0.15, seed:int=0) -> tuple[list, np.ndarray, np.ndarray]:
@@ -74,25 +74,36 @@ def acc_at(truth:np.ndarray, preds:np.ndarray, thresh:float=0.5) -> tuple[float,
 
 # %% ../nbs/80_tour.ipynb #62625ec5
 def tour_figure(image, tiling:dict, grounding:dict, ious:np.ndarray, acc:float):
-    "One figure: the tile grid, the parsed answer drawn, and the IoU histogram."
-    import matplotlib
+    "One figure, readable at native size (dpi 100): the tile grid, the parsed answer drawn, and the IoU histogram."
     import matplotlib.pyplot as plt
-    plan = tiling['plan']
-    fig, axs = plt.subplots(1, 3, figsize=(15, 4))
-    draw_tile_grid(axs[0], image, plan, indices=False)
-    axs[0].set_title(f"InternVL tiles: {plan.cols}x{plan.rows} + thumbnail = {plan.num_tiles} ({plan.num_tokens()} tokens)")
-    axs[1].imshow(grounding['drawn'])
-    axs[1].set_title(f"parsed answer: {len(grounding['parsed'].found)} boxes, {len(grounding['parsed'].rejected)} rejected")
-    for a in axs[:2]: a.axis('off')
-    axs[2].hist(ious, bins=20, range=(0, 1), color='tab:blue')
-    axs[2].axvline(0.5, color='red', ls='--')
-    axs[2].set(title=f"simulated predictor: Acc@0.5 = {acc:.2f}", xlabel='IoU', ylabel='boxes')
-    fig.tight_layout()
+    plan, parsed = tiling['plan'], grounding['parsed']
+    with plt.rc_context({'font.size': 13, 'axes.titlesize': 14, 'axes.titleweight': 'bold'}):
+        fig, axs = plt.subplot_mosaic([['tiles', 'answer'], ['hist', 'hist']], figsize=(11, 7.4), height_ratios=[1, 0.9],
+                                      layout='constrained')
+        draw_tile_grid(axs['tiles'], image, plan)
+        axs['tiles'].set_title(f"InternVL tiles: {plan.cols}x{plan.rows} + thumbnail = {plan.num_tiles}\n({plan.num_tokens()} image tokens)")
+        axs['answer'].imshow(grounding['drawn'])
+        axs['answer'].set_title(f"parsed answer: {len(parsed.found)} boxes found, {len(parsed.rejected)} rejected")
+        for k in ('tiles', 'answer'): axs[k].axis('off')
+        a = axs['hist']
+        a.hist(ious, bins=20, range=(0, 1), color='tab:blue')
+        a.axvline(0.5, color='red', ls='--', label='Acc@0.5 threshold')
+        a.legend(loc='upper left')
+        a.set(title=f"simulated predictor on {len(ious)} images: Acc@0.5 = {acc:.2f}", xlabel='IoU with the true box', ylabel='boxes')
     return fig
 
+def shown_path(path) -> str:
+    "`path` relative to the current folder when it lies inside it, else absolute: how messages name files."
+    p = Path(path).resolve()
+    try: return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError: return str(p)
+
 def run_tour(out_dir='vlmkit-tour', seed:int=0, verbose:bool=True) -> dict:
-    "Run every step of the tour on built-in data and write `tour.png` into `out_dir`."
+    "Run every step of the tour on built-in data and write `tour.png` into `out_dir` (checked first: a bad folder fails at once)."
     import matplotlib.pyplot as plt
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
     say = print if verbose else (lambda *a, **k: None)
     image, objects = synthetic_image(seed, (800, 450))
     model = tour_model(image, seed)
@@ -101,24 +112,29 @@ def run_tour(out_dir='vlmkit-tour', seed:int=0, verbose:bool=True) -> dict:
     p = tiling['plan']
     say(f"2. {image.size[0]}x{image.size[1]} image -> grid {p.cols}x{p.rows} + thumbnail = {p.num_tiles} tiles, "
         f"pixel_values {tiling['pixel_values_shape']}, {tiling['tokens']} image tokens")
-    grounding = tour_grounding(image, objects)
+    grounding = tour_grounding(image, objects, font_size=image.height // 15)
     say(f"3. parsed {len(grounding['parsed'].found)} boxes (IoU with truth >= {grounding['iou'].min():.3f}), rejected: "
         + '; '.join(f"{r.text!r} ({r.reason})" for r in grounding['parsed'].rejected))
     _, truth, preds = simulated_predictions(50, seed=seed)
     acc, ious = acc_at(truth, preds)
     say(f"4. simulated predictor on 50 synthetic images: Acc@0.5 = {acc:.2f}, mean IoU {ious.mean():.2f}")
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     fig = tour_figure(image, tiling, grounding, ious, acc)
     png = out/'tour.png'
-    fig.savefig(png, dpi=80); plt.close(fig)
-    say(f"figure written to {png.resolve()}")
+    fig.savefig(png, dpi=100); plt.close(fig)
+    say(f"figure written to {shown_path(png)}")
     return dict(model=model, tiling=tiling, grounding=grounding, acc=acc, png=png)
 
 # %% ../nbs/80_tour.ipynb #3d10d986
-def main(argv=None):
-    "`vlmkit-tour [--out DIR] [--seed N]`: the tour from the command line."
+def main(argv=None) -> int:
+    "`vlmkit-tour [--out DIR] [--seed N]`: the tour from the command line; exit status 0, or 2 with one line on stderr for bad input."
     ap = argparse.ArgumentParser(prog='vlmkit-tour', description='The vlmkit tour on built-in synthetic data (no weights, no network).')
+    ap.error = lambda msg: ap.exit(2, f"{ap.prog}: error: {msg}\n")  # one line, without argparse's usage block
     ap.add_argument('--out', default='vlmkit-tour', help='folder for tour.png (default ./vlmkit-tour)')
     ap.add_argument('--seed', type=int, default=0)
     a = ap.parse_args(argv)
-    run_tour(a.out, a.seed)
+    if a.seed < 0: ap.error(f"argument --seed: must be 0 or more, got {a.seed}")
+    try: run_tour(a.out, a.seed)
+    except OSError as e:  # the output folder cannot be made or written
+        print(f"{ap.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0

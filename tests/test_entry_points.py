@@ -1,0 +1,104 @@
+"""Every console script of pyproject.toml, run as its installed wrapper runs it (`sys.exit(<function>())` in a fresh
+interpreter, this checkout first on the path): exit 0 on success having written what it says, 0 for `--help`, and
+2 on bad input with one line on stderr naming the problem (no usage block, no traceback). The scripts are read
+from pyproject.toml, so a new one fails here until it has cases below."""
+import os, re, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import pytest
+from PIL import Image
+
+try: import tomllib
+except ModuleNotFoundError: import tomli as tomllib  # Python 3.10 (pytest depends on it there)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
+
+
+def run(script:str, *args, cwd:Path) -> subprocess.CompletedProcess:
+    "`script args` in `cwd`, through the same code pip's console wrapper runs."
+    module, func = SCRIPTS[script].split(':')
+    code = f"import sys; from {module} import {func}; sys.argv[0] = {script!r}; sys.exit({func}())"
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), 'MPLBACKEND': 'Agg'}
+    return subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+# --- per script: a setup of the working folder, the success case and what it must have written, bad inputs ---
+
+def _clip(d:Path):
+    from vlmkit.video import make_test_video
+    make_test_video(d / 'clip.mp4', num_frames=30, fps=10)
+
+def _frames_written(d:Path, out:str):
+    assert out == 'saved 8 frames to frames\n', out
+    files = sorted((d / 'frames').iterdir())
+    assert [f.name for f in files] == [f'frame_{k:03d}.png' for k in range(8)]
+    for f in files:
+        with Image.open(f) as im: assert (im.format, im.size) == ('PNG', (448, 448))
+
+def _tour_written(d:Path, out:str):
+    last = out.splitlines()[-1]
+    assert last == 'figure written to tour-out/tour.png', out  # relative to where it ran: no machine paths
+    assert str(d) not in out
+    with Image.open(d / 'tour-out' / 'tour.png') as im: assert (im.format, im.size) == ('PNG', (1100, 740))
+
+def _notes(d:Path): (d / 'notes.txt').write_text('not a folder')
+
+CASES = {
+    'vlmkit-save-frames': dict(
+        setup=_clip, ok=(('clip.mp4', 'frames', '-n', '8'), _frames_written),
+        bad=[(('missing.mp4', 'frames'), 'missing.mp4: file not found'),
+             (('clip.mp4', 'frames', '-n', 'eight'), "argument -n/--num-segments: invalid int value: 'eight'"),
+             (('clip.mp4', 'frames', '-n', '99'), 'asked for 99 frames but the video has only 30'),
+             (('clip.mp4',), 'the following arguments are required: out_dir')]),
+    'vlmkit-tour': dict(
+        setup=_notes, ok=(('--out', 'tour-out'), _tour_written),
+        bad=[(('--out', 'notes.txt'), 'notes.txt: exists and is not a folder'),
+             (('--seed', 'x'), "argument --seed: invalid int value: 'x'"),
+             (('--bogus',), 'unrecognized arguments: --bogus')]),
+}
+
+
+def test_every_entry_point_has_cases():
+    assert set(SCRIPTS) == set(CASES), f"add cases to tests/test_entry_points.py for {set(SCRIPTS) - set(CASES)}"
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory) -> dict:
+    "Every case of every script, each in a fresh folder, run a few at a time (most of each run is importing torch)."
+    jobs = {}
+    for script in sorted(set(SCRIPTS) & set(CASES)):
+        case = CASES[script]
+        for key, args in [('ok', case['ok'][0]), ('help', ('--help',))] + [(('bad', i), a) for i, (a, _) in enumerate(case['bad'])]:
+            d = tmp_path_factory.mktemp(re.sub(r'\W', '_', f'{script}_{key}'))
+            if key != 'help': case['setup'](d)
+            jobs[script, key] = (d, sorted(p.name for p in d.iterdir()), args)
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+        futures = {k: pool.submit(run, k[0], *args, cwd=d) for k, (d, _, args) in jobs.items()}
+    return {k: (jobs[k][0], jobs[k][1], f.result()) for k, f in futures.items()}
+
+
+@pytest.mark.parametrize('script', sorted(SCRIPTS))
+def test_success_exits_0_and_writes_what_it_says(script, runs):
+    d, _, r = runs[script, 'ok']
+    assert r.returncode == 0, r.stderr
+    assert 'Traceback' not in r.stderr, r.stderr
+    CASES[script]['ok'][1](d, r.stdout)
+
+
+@pytest.mark.parametrize('script', sorted(SCRIPTS))
+def test_help_exits_0(script, runs):
+    _, _, r = runs[script, 'help']
+    assert (r.returncode, r.stderr) == (0, ''), r.stderr
+    assert r.stdout.startswith(f'usage: {script} ')
+
+
+@pytest.mark.parametrize('script, i', [(s, i) for s in sorted(SCRIPTS) for i in range(len(CASES.get(s, {}).get('bad', [])))])
+def test_bad_input_exits_2_with_one_line(script, i, runs):
+    d, before, r = runs[script, ('bad', i)]
+    says = CASES[script]['bad'][i][1]
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.endswith('\n') and r.stderr.count('\n') == 1, f"not one line: {r.stderr!r}"
+    assert re.fullmatch(rf'{re.escape(script)}: error: .*{re.escape(says)}.*\n', r.stderr), r.stderr
+    assert sorted(p.name for p in d.iterdir()) == before  # nothing written
