@@ -23,7 +23,9 @@ Images are generated one by one (untimed) and every path runs on each in turn, b
 machine noise hits all paths alike. Every output is compared with the official path's tensor (the loader's, in
 an untimed first pass over the set, through a SHA-1 of each official tensor's bytes).
 The header line says whether numba ran the resizes.
-Run: `python bench/internvl_tiling_cpu.py [--n 200] [--repeats 2] [--threads N ...] [--workers W ...]`.
+Run: `python bench/internvl_tiling_cpu.py [--n 200] [--repeats 2] [--threads N ...] [--workers W ...]`;
+`--tiny` (what CI runs): the same paths, checks and table on 4 images (one of each kind) at 1/8 of the sizes, one
+repeat, threads and workers 2, in seconds.
 """
 import argparse, hashlib, importlib.util, os, platform, time
 import numpy as np
@@ -43,9 +45,10 @@ SIZES_WH = {
 ALL_SIZES = [(k, s) for k, v in SIZES_WH.items() for s in v]
 
 
-def synthetic(i:int) -> tuple[str, Image.Image]:
-    "Image i: vlmkit's seeded synthetic scene at 1/4 scale, upsampled to the real-world size, plus seeded noise."
+def synthetic(i:int, scale:int=1) -> tuple[str, Image.Image]:
+    "Image i: vlmkit's seeded synthetic scene at 1/4 scale, upsampled to the real-world size (divided by `scale`), plus seeded noise."
     kind, (w, h) = ALL_SIZES[i % len(ALL_SIZES)]
+    w, h = w // scale, h // scale
     small = synthetic_image(i, (max(64, w // 4), max(64, h // 4)))[0].resize((w, h), Image.Resampling.BILINEAR)
     noise = np.random.default_rng(i).integers(-12, 13, (64, 64, 3))
     a = np.asarray(small).astype(np.int16) + np.tile(noise, (-(-h // 64), -(-w // 64), 1))[:h, :w]
@@ -136,13 +139,17 @@ def time_loader(images:list, want:list[bytes], workers:int, batch_size:int, repe
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--n', type=int, default=200)
-    ap.add_argument('--repeats', type=int, default=2)
+    ap.add_argument('--n', type=int, help='images (default 200; --tiny: 4)')
+    ap.add_argument('--repeats', type=int, help='timed runs per image, the best counts (default 2; --tiny: 1)')
     ap.add_argument('--torch-threads', type=int, default=1)
-    ap.add_argument('--threads', type=int, nargs='+', default=[os.cpu_count() or 1], help="vlmkit thread counts to run (besides 1)")
-    ap.add_argument('--workers', type=int, nargs='*', default=[os.cpu_count() or 1], help="tile_loader worker counts (none: skip)")
+    ap.add_argument('--threads', type=int, nargs='+', help="vlmkit thread counts to run besides 1 (default: all cores; --tiny: 2)")
+    ap.add_argument('--workers', type=int, nargs='*', help="tile_loader worker counts, none: skip (default: all cores; --tiny: 2)")
     ap.add_argument('--batch-size', type=int, default=1, help="tile_loader batch size (a batch is one worker's unit of work)")
+    ap.add_argument('--tiny', action='store_true', help='smoke test: few images at 1/8 of the sizes, one repeat')
     args = ap.parse_args()
+    for k, full, tiny in [('n', 200, 4), ('repeats', 2, 1), ('threads', [os.cpu_count() or 1], [2]), ('workers', [os.cpu_count() or 1], [2])]:
+        if getattr(args, k) is None: setattr(args, k, tiny if args.tiny else full)
+    scale = 8 if args.tiny else 1
     torch.set_num_threads(args.torch_threads)
     import transformers
 
@@ -156,14 +163,15 @@ def main():
     for t in sorted(set(args.threads) - {1}):
         paths[f'vlmkit load_image, threads={t}'] = lambda im, t=t: load_image(im, max_num=12, threads=t)
 
-    warm = synthetic(0)[1].resize((640, 480))
+    warm = synthetic(0, scale)[1].resize((640, 480))
     for fn in paths.values(): fn(warm)
     secs = {k: 0.0 for k in paths}
     maxdiff, sumdiff = {k: 0.0 for k in paths}, {k: 0.0 for k in paths}
     identical = {k: True for k in paths}
     tiles, kinds, images, want = 0, {}, [], []
-    for i in range(args.n):
-        kind, im = synthetic(i)
+    L = len(ALL_SIZES)  # --tiny: images spread over the kinds; else every size in turn
+    for i in ([k * L // args.n + L // (2 * args.n) for k in range(args.n)] if args.tiny else range(args.n)):
+        kind, im = synthetic(i, scale)
         kinds[kind] = kinds.get(kind, 0) + 1
         if args.workers: images.append(im)  # kept for the loader rows (~30 MB each as a Pillow image)
         ref = None
@@ -186,9 +194,10 @@ def main():
     names = [k for k in secs if 'tile_loader' not in k]
     t_off, t_vlm, t_vlm1 = secs[names[0]], secs[names[-1]], secs['vlmkit load_image, threads=1']
     fastest_hf = min((t for k, t in secs.items() if k.startswith('transformers')), default=None)
+    sizes = [(w // scale) * (h // scale) for _, (w, h) in ALL_SIZES]
     print(f"InternVL3.5 tiling (max_num 12, 448 px tiles + thumbnail), {args.n} synthetic images "
-          f"({', '.join(f'{v} {k}s' for k, v in kinds.items())}; {min(w*h for _, (w, h) in ALL_SIZES)/1e6:.1f}-"
-          f"{max(w*h for _, (w, h) in ALL_SIZES)/1e6:.1f} MP), {tiles} tiles; from decoded RGB PIL images; "
+          f"({', '.join(f'{v} {k}s' for k, v in kinds.items())}; {min(sizes)/1e6:.1f}-{max(sizes)/1e6:.1f} MP"
+          f"{', --tiny: 1/8 of the real-world sizes' if args.tiny else ''}), {tiles} tiles; from decoded RGB PIL images; "
           f"best of {args.repeats} per image")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end; torch {torch.__version__} with {torch.get_num_threads()} thread(s); "

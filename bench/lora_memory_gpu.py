@@ -8,10 +8,12 @@ Both: AdamW on the adapters, the same LLM modules adapted (every attention and M
 
 Cases: the Qwen3-8B-shaped LLM alone (4,136 tokens), Ovis2.5-9B-shaped (vlmkit's native model: Qwen3-8B + so400m NaViT,
 one 1792x1792 image + 1,000 text tokens) and InternVL3.5-8B-shaped (transformers' InternVL: InternViT-300M + Qwen3-8B,
-12 tiles + thumbnail + 1,000 text tokens). `--tiny` runs the same code on CPU-sized shapes.
+12 tiles + thumbnail + 1,000 text tokens). Every model is built and trained under `torch.set_default_dtype(torch.bfloat16)`,
+as a user's GPU script would. `--tiny` (what CI runs) takes the same code, bf16 included, on CPU with tiny shapes, in seconds.
+A case that fails for another reason than running out of memory makes the script exit with an error after the table.
 
     python bench/lora_memory_gpu.py            # on the GPU
-    python bench/lora_memory_gpu.py --tiny     # smoke test on CPU
+    python bench/lora_memory_gpu.py --tiny     # CPU smoke test: same path and table, bf16, tiny shapes
 """
 import argparse, gc, json, os, time, warnings
 import torch
@@ -131,7 +133,7 @@ def main():
     a = ap.parse_args()
     S = SHAPES['tiny' if a.tiny else 'full']
     dev = 'cpu' if a.tiny or not torch.cuda.is_available() else 'cuda'
-    torch.set_default_dtype(torch.bfloat16 if dev == 'cuda' else torch.float32)
+    torch.set_default_dtype(torch.bfloat16 if dev == 'cuda' or a.tiny else torch.float32)
     card = torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'
     import transformers, peft
     print(f"device: {card}; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
@@ -156,5 +158,7 @@ def main():
         print(f"| {label[case]} | {p['tokens']:,} | {p['peak_gib']:.1f} | {v['peak_gib']:.1f} | {v['peak_gib']/p['peak_gib']:.2f} | "
               f"{p['s_per_step']:.2f} | {v['s_per_step']:.2f} | {v['s_per_step']/p['s_per_step']:.2f} | {p['first_loss']:.4f} / {v['first_loss']:.4f} |")
     if a.json: json.dump(dict(card=card, rows=rows), open(a.json, 'w'), indent=1)
+    failed = [f"{r['case']}/{r['recipe']}: {r['error']}" for r in rows if r.get('error', 'OOM') != 'OOM']
+    if failed: raise SystemExit(f"cases failed (traceback above): {', '.join(failed)}")
 
 if __name__ == '__main__': main()

@@ -25,9 +25,12 @@ host concatenated and copied them: 3% of the packed step). Prints one table: tok
 check (token-weighted loss sum over all samples, same data and weights).
 
     python bench/ovis_packed_gpu.py            # GPU: 2B shape, bf16
-    python bench/ovis_packed_gpu.py --tiny     # CPU smoke test of the same code path (tiny shape, fp32)
+    python bench/ovis_packed_gpu.py --tiny     # CPU, seconds: the same code path and table, bf16, tiny shape and counts
+
+`--tiny` (what CI runs) takes the tiny Ovis2.5 config, 8 samples, one timed pass, budgets 2x and 4x, and compiles the
+blocks with the `aot_eager` backend (Dynamo's capture and AOT autograd as on the GPU, no C++ code generation).
 """
-import argparse, random, time
+import argparse, math, random, time
 from contextlib import contextmanager, nullcontext
 from functools import partial
 import torch
@@ -121,10 +124,11 @@ def measure(model, name, groups, samples, device, dtype, official=False, backend
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--tiny', action='store_true', help='tiny shapes on CPU (smoke test)')
-    ap.add_argument('--samples', type=int, default=32)
-    ap.add_argument('--repeats', type=int, default=3, help='timed passes over the samples per row; the best counts')
-    ap.add_argument('--budgets', type=float, nargs='+', default=[2, 4, 6, 8], help='pack budgets, in multiples of the largest sample')
+    ap.add_argument('--tiny', action='store_true', help='tiny shapes and counts on CPU, bf16 (smoke test of the same path)')
+    ap.add_argument('--samples', type=int, help='samples (default 32; --tiny: 8)')
+    ap.add_argument('--repeats', type=int, help='timed passes over the samples per row, the best counts (default 3; --tiny: 1)')
+    ap.add_argument('--budgets', type=float, nargs='+', help='pack budgets, in multiples of the largest sample (default 2 4 6 8; --tiny: 2 4)')
+    ap.add_argument('--compile-backend', help="torch.compile backend of the compiled rows (default inductor; --tiny: aot_eager)")
     ap.add_argument('--no-checkpointing', action='store_true', help='keep all activations (default: gradient checkpointing on)')
     ap.add_argument('--no-compile', action='store_true', help='vlmkit rows without compiled blocks')
     ap.add_argument('--backend', choices=BACKENDS, help='attention kernel of the vlmkit rows (default: what vlmkit.attention picks)')
@@ -132,8 +136,10 @@ def main():
                     help='pack budgets run again with attention kept through checkpointing (none: skip)')
     ap.add_argument('--keep-layers', default='visual_tokenizer', help="regex of the checkpointed layers whose attention is kept ('.': all)")
     args = ap.parse_args()
+    for k, full, tiny in [('samples', 32, 8), ('repeats', 3, 1), ('budgets', [2, 4, 6, 8], [2, 4]), ('compile_backend', 'inductor', 'aot_eager')]:
+        if getattr(args, k) is None: setattr(args, k, tiny if args.tiny else full)
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
-    dtype = torch.float32 if device.type == 'cpu' else torch.bfloat16
+    dtype = torch.bfloat16 if args.tiny or device.type == 'cuda' else torch.float32
     if args.tiny: cfg, sides, texts, vocab = tiny_ovis25_config(llm=dict(vocab_size=1000)), (64, 160), (20, 60), 1000
     else: cfg, sides, texts, vocab = ovis25_2b_config(), (448, 1792), (200, 1500), 151936
     torch.manual_seed(0)
@@ -153,7 +159,7 @@ def main():
     vlmkit_row = partial(row, backend=args.backend)
     rows = [row('official path: one at a time', one, official=True, backend=fused), vlmkit_row(f'vlmkit packed {k0:g}x, eager', packs[k0])]
     if not args.no_compile:
-        compile_blocks(model, whole=[model.visual_tokenizer.head])
+        compile_blocks(model, whole=[model.visual_tokenizer.head], backend=args.compile_backend)
         rows.append(vlmkit_row('vlmkit one at a time', one))
     rows += [vlmkit_row(f'vlmkit packed {k:g}x', packs[k]) for k in args.budgets]
     if keep:
@@ -163,7 +169,7 @@ def main():
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"Ovis2.5 {'tiny' if args.tiny else '2B-shaped'} ({params:,.1f}M params), {dtype}, {card}, attention backend "
           f"{args.backend or varlen_backend(torch.empty(1, 1, 1, device=device, dtype=dtype))} (official row: {fused or 'sdpa'}), gradient checkpointing {not args.no_checkpointing}, "
-          f"compiled blocks {not args.no_compile} (graphs captured: {counters['stats']['unique_graphs']})")
+          f"compiled blocks {'no' if args.no_compile else args.compile_backend} (graphs captured: {counters['stats']['unique_graphs']})")
     print(f"{len(samples)} samples: images {sides[0]}..{sides[1]} px, texts {texts[0]}..{texts[1]} tokens; pack budget "
           f"{budget[0]} LLM tokens / {budget[1]} ViT patches; torch {torch.__version__}")
     print(f"| {'mode':52} | passes | LLM tokens | time s | tokens/s | speed-up | peak GiB | peak ratio | loss check (rel) |")
@@ -174,5 +180,6 @@ def main():
         print(f"| {r['mode']:52} | {r['passes']:6} | {r['tokens']:10} | {r['secs']:6.2f} | {r['tok_s']:8.0f} | {r['tok_s'] / a['tok_s']:7.2f}x "
               f"| {r['peak']:8.2f} | {r['peak'] / a['peak']:10.2f} | {rel:16.1e} |")
     print("loss check: token-weighted loss sum over all samples, relative to the official-path row (same data, same weights)")
+    if not all(math.isfinite(r['loss_sum']) for r in rows): raise SystemExit("a row's loss is not finite")
 
 if __name__ == '__main__': main()

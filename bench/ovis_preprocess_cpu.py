@@ -8,7 +8,8 @@ official `preprocessor_config.json`, one with the same arithmetic in plain numpy
 keeps uint8 through one resize and one reorder and maps levels to floats with a table.
 
 Same 200 synthetic images of mixed real-world sizes for both; every output is checked equal (pixel_values
-bit-identical, grid_thws identical). Run: `python bench/ovis_preprocess_cpu.py [--n 200] [--repeats 3]`.
+bit-identical, grid_thws identical). Run: `python bench/ovis_preprocess_cpu.py [--n 200] [--repeats 3]`;
+`--tiny` (what CI runs): the same paths, checks and table on 8 images at 1/8 of the sizes, one pass, in seconds.
 """
 import argparse, os, platform, time
 import numpy as np
@@ -22,11 +23,11 @@ SIZES_WH = [(4032, 3024), (3024, 4032), (1920, 1080), (1080, 1920), (1280, 720),
             (2048, 1536), (1000, 1000), (224, 224), (96, 96), (700, 20), (1600, 900), (2480, 3508), (1366, 768),
             (512, 512), (300, 200)]
 
-def synthetic_images(n:int, seed:int=0) -> list[Image.Image]:
-    "n seeded RGB images cycling through `SIZES_WH` (gradients plus noise, so the resize has real work to do)."
+def synthetic_images(n:int, seed:int=0, scale:int=1) -> list[Image.Image]:
+    "n seeded RGB images cycling through `SIZES_WH` divided by `scale` (gradients plus noise, so the resize has real work to do)."
     rng, out = np.random.default_rng(seed), []
     for i in range(n):
-        w, h = SIZES_WH[i % len(SIZES_WH)]
+        w, h = (max(16, d // scale) for d in SIZES_WH[i % len(SIZES_WH)])
         yy, xx = np.ogrid[0:h, 0:w]
         base = np.stack(np.broadcast_arrays((xx * 255 // w + 0 * yy), (yy * 255 // h + 0 * xx), ((xx + yy + 40 * i) % 256)), -1)
         noise = rng.integers(0, 32, (min(h, 64), min(w, 64), 3))
@@ -86,10 +87,14 @@ def compare(fn_a, fn_b, images) -> tuple[bool, float, int]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--n', type=int, default=200)
-    ap.add_argument('--repeats', type=int, default=3)
+    ap.add_argument('--n', type=int, help='images (default 200; --tiny: 8)')
+    ap.add_argument('--repeats', type=int, help='timed passes, the best counts (default 3; --tiny: 1)')
+    ap.add_argument('--tiny', action='store_true', help='smoke test: few images at 1/8 of the sizes, one pass')
     args = ap.parse_args()
-    images = synthetic_images(args.n)
+    if args.n is None: args.n = 8 if args.tiny else 200
+    if args.repeats is None: args.repeats = 1 if args.tiny else 3
+    scale = 8 if args.tiny else 1
+    images = synthetic_images(args.n, scale=scale)
     proc = official_image_processor()
     paths = {'official path: transformers SiglipImageProcessorPil + numpy float32 patch reorder': lambda im: official_style_preprocess(im, proc),
              'official path: lean numpy (PIL resize, float64 rescale, float32 normalise) + same reorder': lambda im: official_style_preprocess(im, None),
@@ -105,8 +110,10 @@ def main():
     rows = [(name, best[name], *checks[name][:2]) for name in paths]
     patches = checks['vlmkit.ovis.preprocessing.preprocess'][2]
     t_vlm = rows[-1][1]
-    print(f"Ovis2.5 preprocessing, {args.n} synthetic images of {len(SIZES_WH)} sizes ({min(w*h for w, h in SIZES_WH)/1e6:.3f}-"
-          f"{max(w*h for w, h in SIZES_WH)/1e6:.1f} MP), min/max pixels 448²/1792², {patches:,} patches; best of {args.repeats} interleaved passes")
+    sizes = [im.size for im in images]
+    print(f"Ovis2.5 preprocessing, {args.n} synthetic images of {len(set(sizes))} sizes ({min(w*h for w, h in sizes)/1e6:.3f}-"
+          f"{max(w*h for w, h in sizes)/1e6:.1f} MP{', --tiny: 1/8 of the real-world sizes' if args.tiny else ''}), min/max pixels 448²/1792², "
+          f"{patches:,} patches; best of {args.repeats} interleaved passes")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, one image at a time\n")
     print("| path | images/s | seconds | vlmkit speed-up | outputs vs vlmkit |")
     print("|---|---:|---:|---:|---|")

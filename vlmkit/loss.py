@@ -21,7 +21,7 @@ def _float32_out_matmul(device_type:str, dtype:torch.dtype) -> bool:
     "Does this PyTorch multiply `dtype` matrices straight into a float32 result on `device_type` (`addmm(..., out_dtype=)`)?"
     try:
         x = torch.ones(2, 2, device=device_type, dtype=dtype)
-        torch.addmm(torch.zeros(2, 2, device=device_type), x, x, out_dtype=torch.float32)
+        torch.addmm(torch.zeros(2, 2, device=device_type, dtype=torch.float32), x, x, out_dtype=torch.float32)  # as the real call's acc
         return True
     except (RuntimeError, TypeError, NotImplementedError): return False
 

@@ -40,7 +40,7 @@ def get_index_hf(total_num_frames:int, num_frames:int, initial_shift=True) -> np
     if num_frames > total_num_frames:
         raise ValueError(f"Video can't be sampled: num_frames={num_frames} exceeds total_num_frames={total_num_frames}")
     if initial_shift is True: initial_shift = total_num_frames / num_frames / 2
-    return torch.arange(initial_shift, total_num_frames, total_num_frames / num_frames).int().numpy().astype(np.int64)
+    return torch.arange(initial_shift, total_num_frames, total_num_frames / num_frames, dtype=torch.float32).int().numpy().astype(np.int64)
 
 # %% ../nbs/02_video.ipynb #69e8ef97
 class VideoLoadError(ValueError):

@@ -110,7 +110,7 @@ def _as_chw_uint8(img:Image.Image) -> torch.Tensor:
 def _normalize_(x:torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     "In place, with torchvision's operation order (`/255`, `-mean`, `/std` in float32), so results match it bit for bit."
     shape = (3, 1, 1)
-    return x.div_(255).sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
+    return x.div_(255).sub_(torch.tensor(mean, dtype=torch.float32).view(shape)).div_(torch.tensor(std, dtype=torch.float32).view(shape))
 
 class build_transform:
     "Official `build_transform(input_size)`: RGB, BICUBIC resize to a square, ToTensor, ImageNet Normalize."
@@ -256,7 +256,7 @@ def tiles_fast(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True,
     image = open_rgb(image)
     plan = plan_tiles(*image.size, min_num, max_num, image_size, use_thumbnail)
     if threads is None: threads = torch.get_num_threads()
-    out = torch.empty(plan.num_tiles, 3, image_size, image_size)
+    out = torch.empty(plan.num_tiles, 3, image_size, image_size, dtype=torch.float32)  # whatever the default dtype
     vectorised = resample in FILTERS and fast_resize_is_exact()
     (_tiles_vectorised if vectorised else _tiles_pillow)(image, plan, resample, threads, out)
     return out

@@ -140,7 +140,7 @@ def token_picker(do_sample:bool=False, temperature:float=1.0, top_k:int|None=50,
         if top_k: procs.append(TopKLogitsWarper(top_k))
         if top_p < 1.0: procs.append(TopPLogitsWarper(top_p))
     def pick(generated:torch.Tensor, logits:torch.Tensor) -> torch.Tensor:
-        scores = procs(generated, logits.float()) if procs else logits
+        scores = procs(generated, logits.float()) if procs else logits.float()  # sampled from float32, as transformers does
         if not do_sample: return scores.argmax(-1)
         return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
     return pick

@@ -149,8 +149,9 @@ def window_partition(grid_thws:torch.Tensor, window:int, stride:int):
 # %% ../../nbs/11_ovis_model.ipynb #5ec1b327
 @functools.lru_cache(maxsize=256)
 def bicubic_weights(n_in:int, n_out:int, device=None) -> torch.Tensor:
-    "`[n_out, n_in]` matrix doing along one axis what `F.interpolate(mode='bicubic', align_corners=False)` does."
-    one_hot = torch.eye(n_in, device=device)[None, :, :, None]   # channel c: a column that is 1 at row c
+    "float32 `[n_out, n_in]` matrix doing along one axis what `F.interpolate(mode='bicubic', align_corners=False)` does."
+    # float32 whatever the default dtype (cached: one dtype for every caller), as the position table it multiplies
+    one_hot = torch.eye(n_in, dtype=torch.float32, device=device)[None, :, :, None]   # channel c: a column that is 1 at row c
     return F.interpolate(one_hot, size=(n_out, 1), mode='bicubic', align_corners=False)[0, :, :, 0].T.contiguous()
 
 class NavitEmbeddings(nn.Module):
@@ -410,7 +411,7 @@ Ovis2_5ForConditionalGeneration.forward = _forward
 # %% ../../nbs/11_ovis_model.ipynb #5ca66b03
 def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=768, stride:int=2, generator=None,
                   labelled:bool=False) -> dict:
-    "A synthetic `(input_ids, pixel_values, grid_thws)` sample: text, then one image of `grid_hw` patches (or none)."
+    "A synthetic `(input_ids, pixel_values, grid_thws)` sample: text, then one image of `grid_hw` patches (or none); float32 pixels, as preprocessing gives."
     g = generator
     text = torch.randint(0, vocab, (n_text,), generator=g)
     if grid_hw is None: s = dict(input_ids=text[None], pixel_values=None, grid_thws=None)
@@ -418,7 +419,7 @@ def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=
         h, w = grid_hw
         atoms = torch.full((h * w // stride ** 2,), VISUAL_ATOM_ID)
         ids = torch.cat([text[:n_text // 2], torch.tensor([INDICATOR_IDS[0]]), atoms, torch.tensor([INDICATOR_IDS[1]]), text[n_text // 2:]])
-        s = dict(input_ids=ids[None], pixel_values=torch.randn(h * w, patch_dim, generator=g), grid_thws=torch.tensor([[1, h, w]]))
+        s = dict(input_ids=ids[None], pixel_values=torch.randn(h * w, patch_dim, generator=g, dtype=torch.float32), grid_thws=torch.tensor([[1, h, w]]))
     if labelled: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)  # text only: atoms, indicators -100
     return s
 

@@ -1,0 +1,35 @@
+"""Every benchmark in bench/ runs in its `--tiny` CPU mode (the same code path as on the device, tiny shapes and counts)
+and prints its table, so that a benchmark cannot break unnoticed between device runs. The scripts are found by listing
+bench/*.py: a new benchmark is tested without being named here."""
+import os, re, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT/'bench').glob('*.py'))
+ROW = re.compile(r'^\|.*\|\s*$')
+RULE = re.compile(r'^\|(?:\s*:?-{3,}:?\s*\|)+\s*$')  # a markdown table's header rule: |---|---:|...
+TIMEOUT = 300
+
+def test_there_are_benchmarks(): assert len(SCRIPTS) >= 4, SCRIPTS
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.stem)
+def test_tiny_run_prints_its_table(script):
+    assert '--tiny' in script.read_text().split('"""')[1], f"{script.name}: its docstring does not mention --tiny"
+    # one OpenMP thread: on a shared CPU, threads that find no free core slow every op of a smoke test many times over
+    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, str(script), '--tiny'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    text = r.stdout
+    assert r.returncode == 0, f"{script.name} --tiny exited with {r.returncode}:\n{(r.stdout + r.stderr)[-4000:]}"
+    lines = text.splitlines()
+    rules = [i for i, l in enumerate(lines) if RULE.match(l)]
+    assert rules, f"{script.name} --tiny printed no table:\n{text[-2000:]}"
+    i = rules[0]
+    assert i > 0 and ROW.match(lines[i - 1]), f"{script.name}: table without a header row"
+    body = []
+    for l in lines[i + 1:]:
+        if not ROW.match(l): break
+        body.append(l)
+    assert body, f"{script.name}: table without rows"
+    cells = lambda l: len(l.strip().strip('|').split('|'))
+    assert all(cells(l) == cells(lines[i - 1]) for l in body), f"{script.name}: rows and header differ in columns"
