@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from vlmkit.attention import BACKENDS, attention_backend, varlen_backend
 from vlmkit.compiling import compile_blocks
-from vlmkit.lora import enable_checkpointing
+from vlmkit.checkpointing import enable_checkpointing
+from vlmkit.packing import pack_by_budget
 from vlmkit.ovis.modeling import (Ovis2_5, Ovis2_5Config, NavitEmbeddings, VisualHead, block_order, tiny_ovis25_config,
-                                  pack_samples, pack_by_budget, random_sample)
+                                  pack_samples, random_sample)
 
 def ovis25_2b_config() -> Ovis2_5Config:
     "Ovis2.5-2B shapes: Qwen3-1.7B LLM (tied lm_head) and the so400m NaViT of the official config (full attention everywhere)."

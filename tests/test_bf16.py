@@ -17,7 +17,9 @@ float32 one. The data (pixels, frame indices) does not depend on the default dty
 import functools, math
 from contextlib import contextmanager
 import pytest, torch
-from vlmkit.testing import tiny_internvl, tiny_qwen25vl, noise_image
+from vlmkit.testing import noise_image
+from vlmkit.internvl.tiny import tiny_internvl
+from vlmkit.qwen.tiny import tiny_qwen25vl
 from vlmkit.attention import register_varlen_attention
 from vlmkit.lora import apply_lora, train_step, gradient_problems
 from vlmkit.ovis.modeling import Ovis2_5, tiny_ovis25_config, random_sample, pack_samples, bicubic_weights

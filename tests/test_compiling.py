@@ -6,7 +6,7 @@ import pytest, torch
 from torch._dynamo.utils import counters
 from vlmkit.attention import attention_kernels
 from vlmkit.compiling import compile_blocks
-from vlmkit.lora import enable_checkpointing
+from vlmkit.checkpointing import enable_checkpointing
 from vlmkit.testing import count_calls
 from vlmkit.ovis.modeling import Ovis2_5, pack_samples, random_sample, tiny_ovis25_config
 

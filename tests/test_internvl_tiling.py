@@ -1,4 +1,4 @@
-"""InternVL tiling: full fixture sweeps, fast == reference properties, HF processor agreement, degenerate inputs."""
+"""InternVL tiling: full fixture sweeps, fast == reference properties, HF processor agreement, degenerate inputs, video frames."""
 import io, json
 import numpy as np
 import pytest
@@ -8,8 +8,9 @@ from PIL import Image
 
 from vlmkit.testing import require_fixture, fixtures_dir
 from vlmkit.images import ImageLoadError
+from vlmkit.video import make_test_video, sample_frames
 from vlmkit.internvl.tiling import (VARIANTS, TileDataset, TileExplorer, collate_tiles, dynamic_preprocess,
-    find_closest_aspect_ratio, load_image, official_pixels, plan_tiles, target_ratios, tile_loader, tiles_fast,
+    find_closest_aspect_ratio, load_image, load_video, official_pixels, plan_tiles, target_ratios, tile_loader, tiles_fast,
     tiles_reference)
 
 BICUBIC, LANCZOS = Image.Resampling.BICUBIC, Image.Resampling.LANCZOS
@@ -285,3 +286,18 @@ def test_exif_orientation_default_and_official_switch(tmp_path):
     upright = ImageOps.exif_transpose(Image.open(f)).convert('RGB')
     assert upright.size == (300, 900)
     assert torch.equal(load_image(f), tiles_reference(upright))
+
+
+@pytest.fixture(scope='module')
+def clip(tmp_path_factory):
+    return make_test_video(tmp_path_factory.mktemp('v') / 'clip.mp4', num_frames=30, fps=10)
+
+
+def test_load_video_tiles_each_frame(clip):
+    pv, counts = load_video(clip, num_segments=4)
+    assert pv.shape == (4, 3, 448, 448) and counts == [1, 1, 1, 1]
+    frames, idx, _ = sample_frames(clip, num_segments=4)
+    want = torch.cat([tiles_fast(Image.fromarray(f), 1, 1) for f in frames])
+    assert torch.equal(pv, want)
+    pv, counts = load_video(clip, bound=[1.0, 2.0], num_segments=3, max_num=6)
+    assert counts == [7, 7, 7] and pv.shape[0] == 21  # 64x48 -> 3x2 grid + thumbnail

@@ -6,7 +6,10 @@ import re, warnings
 import pytest, torch
 from torch import nn
 from peft import LoraConfig, get_peft_model
-from vlmkit.testing import tiny_internvl, tiny_qwen25vl, tiny_remote_ovis25, noise_image
+from vlmkit.testing import noise_image
+from vlmkit.internvl.tiny import tiny_internvl
+from vlmkit.qwen.tiny import tiny_qwen25vl
+from vlmkit.ovis.remote_style import tiny_remote_ovis25
 from vlmkit.lora import (apply_lora, adapted_modules, load_adapter, export_merged, gradient_problems, train_step, select_targets, diagnose,
                          LoraPatchError, LoraTargetError)
 

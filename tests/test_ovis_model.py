@@ -6,8 +6,9 @@ from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 from vlmkit.testing import require_fixture
 from vlmkit.attention import varlen_attention, cu_seqlens_from_lengths
+from vlmkit.packing import unpack, pack_by_budget
 from vlmkit.ovis.modeling import (Ovis2_5, Ovis2_5Config, Siglip2NavitConfig, NavitVisionTransformer, block_order,
-                                  window_partition, pack_samples, unpack, pack_by_budget, random_sample, tiny_ovis25_config,
+                                  window_partition, pack_samples, random_sample, tiny_ovis25_config,
                                   VISUAL_ATOM_ID, INDICATOR_IDS)
 
 @pytest.fixture(scope='module')
@@ -221,7 +222,7 @@ def _labelled_batch(seed:int) -> dict:
 
 def test_lean_loss_equals_transformers_loss():
     "vlmkit's loss (labelled rows only, chunked) equals transformers' loss from full logits, with and without num_items_in_batch."
-    from vlmkit.ovis.modeling import labelled_lm_loss
+    from vlmkit.loss import labelled_lm_loss
     torch.manual_seed(0)
     model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=300))).eval()
     batch = _labelled_batch(seed=0)

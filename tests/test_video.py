@@ -8,9 +8,8 @@ from PIL import Image
 
 from vlmkit.testing import require_fixture
 from vlmkit.video import (NumSegmentsError, VideoLoadError, available_backends, get_index, get_index_hf,
-    load_video, make_test_video, read_frames, sample_frames, save_frames, save_frames_cli, clip_frame_number,
+    make_test_video, read_frames, sample_frames, save_frames, save_frames_cli, clip_frame_number,
     video_info)
-from vlmkit.internvl.tiling import tiles_fast
 
 
 @pytest.fixture(scope='module')
@@ -139,16 +138,6 @@ def test_audio_only_file(tmp_path):
         for pkt in s.encode(f): c.mux(pkt)
         for pkt in s.encode(): c.mux(pkt)
     with pytest.raises(VideoLoadError, match='no video stream'): video_info(p)
-
-
-def test_load_video_tiles_each_frame(clip):
-    pv, counts = load_video(clip, num_segments=4)
-    assert pv.shape == (4, 3, 448, 448) and counts == [1, 1, 1, 1]
-    frames, idx, _ = sample_frames(clip, num_segments=4)
-    want = torch.cat([tiles_fast(Image.fromarray(f), 1, 1) for f in frames])
-    assert torch.equal(pv, want)
-    pv, counts = load_video(clip, bound=[1.0, 2.0], num_segments=3, max_num=6)
-    assert counts == [7, 7, 7] and pv.shape[0] == 21  # 64x48 -> 3x2 grid + thumbnail
 
 
 def test_save_frames_names_and_sizes(clip, tmp_path):

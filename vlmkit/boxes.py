@@ -433,8 +433,8 @@ def _labels_for(n:int, labels) -> list:
 def _canvas(img, who:str, font_size:int|None=None):
     "An RGB copy of `img` (a PIL image, or an image file read by vlmkit's safe loader), a drawing context, a label font and its size."
     if isinstance(img, (str, os.PathLike)):
-        from vlmkit.images import load_image  # on first use: only drawing from a file needs the loader
-        out = load_image(img)
+        from vlmkit.images import open_image  # on first use: only drawing from a file needs the loader
+        out = open_image(img)
     elif isinstance(img, Image.Image): out = img.convert('RGB')
     else: raise TypeError(f"{who}: img must be a PIL image or the path of an image file, got {type(img).__name__}")
     fs = font_size or max(10, min(out.size) // 22)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from .boxes import box_problem, draw_boxes
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError, open_image
 
 # %% auto #0
 __all__ = ['ROLES', 'IMAGE_PLACEHOLDER', 'VIDEO_PLACEHOLDER', 'PART_KINDS', 'LLAVA_ROLES', 'ConversationError', 'Text',
@@ -133,8 +133,8 @@ class ImageRef:
         return self.src if isinstance(self.src, str) else f"<PIL {self.src.mode} {self.src.width}x{self.src.height}>"
 
     def load(self, root=None, **kw) -> Image.Image:
-        "The image as decoded RGB pixels (`vlmkit.images.load_image`, `kw` passed on), cut to `region`; relative paths resolve against `root`."
-        img = load_image(_resolve(self.src, root) if isinstance(self.src, str) else self.src, **kw)
+        "The image as decoded RGB pixels (`vlmkit.images.open_image`, `kw` passed on), cut to `region`; relative paths resolve against `root`."
+        img = open_image(_resolve(self.src, root) if isinstance(self.src, str) else self.src, **kw)
         if self.size is not None and img.size != self.size:
             raise ImageLoadError(self.name, f"is {img.width}x{img.height} but the conversation says {self.size[0]}x{self.size[1]}")
         return img.crop(self.region) if self.region else img
@@ -709,7 +709,7 @@ def _resolve(src:str, root) -> str:
 _EXIF_ORIENTATION, _SWAPPING = 0x0112, (5, 6, 7, 8)
 
 def _upright_size(path:str) -> tuple[int, int]:
-    "(width, height) of an image file as `load_image` returns it (EXIF rotation applied), from its header only."
+    "(width, height) of an image file as `open_image` returns it (EXIF rotation applied), from its header only."
     if not os.path.exists(path): raise ImageLoadError(path, 'file not found')
     try:
         with Image.open(path) as im: (w, h), o = im.size, im.getexif().get(_EXIF_ORIENTATION)

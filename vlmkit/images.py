@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['DEFAULT_MAX_PIXELS', 'SYNTHETIC_COLORS', 'SYNTHETIC_SHAPES', 'ImageLoadError', 'to_rgb', 'load_image',
+__all__ = ['MAX_DECODE_PIXELS', 'SYNTHETIC_COLORS', 'SYNTHETIC_SHAPES', 'ImageLoadError', 'to_rgb', 'open_image',
            'synthetic_image']
 
 # %% ../nbs/01_images.ipynb #9b1926c8
@@ -50,7 +50,7 @@ def to_rgb(img:Image.Image, alpha='drop') -> Image.Image:
     return out.convert('RGB')
 
 # %% ../nbs/01_images.ipynb #e4575e8b
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default `Image.MAX_IMAGE_PIXELS`: ~0.25 GiB as 24-bit RGB
+MAX_DECODE_PIXELS = 89_478_485  # open_image's default max_pixels, Pillow's default `Image.MAX_IMAGE_PIXELS`: ~0.25 GiB as 24-bit RGB
 
 def _source_name(src) -> str:
     "How an error message names `src`."
@@ -71,7 +71,7 @@ def _open(src, name:str) -> Image.Image:
         if len(src) == 0: raise ImageLoadError(name, 'empty (0 bytes)')
         head, fp = bytes(src[:16]), io.BytesIO(bytes(src))
     elif hasattr(src, 'read'): head, fp = b'', src
-    else: raise TypeError(f"load_image: expected a path, bytes, a binary file or a PIL.Image, got {type(src).__name__}")
+    else: raise TypeError(f"open_image: expected a path, bytes, a binary file or a PIL.Image, got {type(src).__name__}")
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)  # our max_pixels check replaces it
         try: return Image.open(fp)
@@ -86,7 +86,7 @@ def _check_pixels(img:Image.Image, name:str, max_pixels:int|None):
         raise ImageLoadError(name, f"{w}x{h} = {w*h:,} pixels exceeds max_pixels={max_pixels:,} "
                              "(decompression-bomb limit; pass a larger max_pixels to load it)")
 
-def load_image(src, *, alpha='drop', exif_transpose:bool=True, max_pixels:int|None=DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(src, *, alpha='drop', exif_transpose:bool=True, max_pixels:int|None=MAX_DECODE_PIXELS) -> Image.Image:
     "A fully decoded, upright RGB copy of `src` (path, bytes, binary file or PIL image); `ImageLoadError` names the file otherwise."
     name = _source_name(src)
     if alpha != 'drop': _background_rgb(alpha)  # a bad argument is the caller's error, raised before any I/O

@@ -6,19 +6,18 @@ Docs: https://vlmkit.github.io/vlmkit/lora.html.md"""
 
 # %% ../nbs/30_lora.ipynb #ebd4a9aa
 from __future__ import annotations
-import functools, inspect, re, types
+import inspect, re, types
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-from .attention import keep_attention_context
+from .checkpointing import enable_checkpointing
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'LLM_LINEARS', 'PRESETS', 'Layout', 'base_of', 'detect_layout', 'LoraTargetError', 'part_of',
-           'select_targets', 'targets_regex', 'LoraPatchError', 'diagnose', 'patch_remote_code', 'checkpointed_layers',
-           'enable_checkpointing', 'adapted_modules', 'prepare_for_peft', 'apply_lora', 'lora_table',
-           'print_lora_table', 'plot_lora', 'gradient_problems', 'train_step', 'load_adapter', 'export_merged']
+           'select_targets', 'targets_regex', 'LoraPatchError', 'diagnose', 'patch_remote_code', 'adapted_modules',
+           'prepare_for_peft', 'apply_lora', 'lora_table', 'print_lora_table', 'plot_lora', 'gradient_problems',
+           'train_step', 'load_adapter', 'export_merged']
 
 # %% ../nbs/30_lora.ipynb #724c6596
 @dataclass(frozen=True)
@@ -182,28 +181,6 @@ def patch_remote_code(model:nn.Module) -> nn.Module:
     return model
 
 # %% ../nbs/30_lora.ipynb #7d93f245
-def checkpointed_layers(model:nn.Module) -> dict[str, nn.Module]:
-    "The layers of `model` that checkpoint their forward, by path from the base model's root."
-    from transformers.modeling_layers import GradientCheckpointingLayer
-    return {n: mod for n, mod in base_of(model).named_modules() if isinstance(mod, GradientCheckpointingLayer) and mod.gradient_checkpointing}
-
-def enable_checkpointing(model:nn.Module, keep_attention:bool|str=False) -> nn.Module:
-    "Non-reentrant activation checkpointing on every checkpointable layer of `model` (LLM and vision tower)."
-    m = base_of(model)
-    kw = {'use_reentrant': False}
-    if keep_attention is True: kw['context_fn'] = keep_attention_context  # attention outputs kept, not run again in the backward
-    # transformers >= 5.2x renamed it; older 5.x only has the gradient_ name.
-    if hasattr(m, 'activation_checkpointing_enable'): m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-    else: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-    if isinstance(keep_attention, str):  # kept only in the layers whose path the regex matches
-        layers = checkpointed_layers(m)
-        kept = [mod for n, mod in layers.items() if re.search(keep_attention, n)]
-        if not kept: raise ValueError(f"keep_attention={keep_attention!r} matches none of the checkpointed layers, e.g. {next(iter(layers), None)!r}")
-        for mod in kept: mod._gradient_checkpointing_func = functools.partial(checkpoint, **kw, context_fn=keep_attention_context)
-    for cfg in (getattr(m, 'config', None), getattr(getattr(m, 'config', None), 'text_config', None)):
-        if cfg is not None and hasattr(cfg, 'use_cache'): cfg.use_cache = False  # a KV cache is useless when training
-    return model
-
 def adapted_modules(model:nn.Module) -> list:
     "Full paths (from the base model's root) of the modules PEFT wrapped with LoRA."
     return [n.removeprefix('base_model.model.') for n, mod in model.named_modules() if hasattr(mod, 'lora_A') and len(mod.lora_A)]

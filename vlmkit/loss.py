@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['linear_cross_entropy', 'hidden_states_instead_of_logits', 'shift_labels', 'causal_lm_loss']
+__all__ = ['linear_cross_entropy', 'hidden_states_instead_of_logits', 'shift_labels', 'causal_lm_loss', 'labelled_lm_loss']
 
 # %% ../nbs/50_loss.ipynb #3dc787ff
 @functools.lru_cache(maxsize=None)
@@ -100,3 +100,13 @@ def causal_lm_loss(model:nn.Module, labels:torch.Tensor, chunk_size:int=256, ign
     with hidden_states_instead_of_logits(model) as head:
         hidden = model(**inputs).logits
     return linear_cross_entropy(hidden.flatten(0, -2), head.weight, shift_labels(labels, ignore_index).flatten(), chunk_size, ignore_index)
+
+# %% ../nbs/50_loss.ipynb #d9f52969
+def labelled_lm_loss(hidden:torch.Tensor, labels:torch.Tensor, lm_head:nn.Module, num_items_in_batch=None, chunk:int=1024) -> torch.Tensor:
+    "Next-token cross entropy (ignore -100) over the labelled positions only, through `linear_cross_entropy`."
+    y = shift_labels(labels).reshape(-1).to(hidden.device)
+    keep = y != -100
+    h, y = hidden.reshape(-1, hidden.shape[-1])[keep], y[keep]
+    if not len(y): return hidden.sum() * 0
+    mean = linear_cross_entropy(h, lm_head.weight, y, chunk_size=chunk)
+    return mean if num_items_in_batch is None else mean * len(y) / num_items_in_batch

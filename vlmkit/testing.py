@@ -1,4 +1,4 @@
-"""Where the reference fixtures live, and tiny tokenizers and models for tests that run on a laptop CPU.
+"""Where the reference fixtures live, tiny tokenizers, the `TinyVLM` bundle the families' tiny models come in, and a kernel-call counter: family-independent helpers for tests that run on a laptop CPU.
 
 Docs: https://vlmkit.github.io/vlmkit/testing.html.md"""
 
@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'IMAGE_PLACEHOLDERS', 'OVIS_VISUAL_ATOM_ID', 'OVIS_INDICATOR_IDS',
-           'fixtures_dir', 'fixture', 'require_fixture', 'chat_template', 'tiny_tokenizer', 'tiny_llm_config',
-           'noise_image', 'n_params', 'TinyVLM', 'tiny_internvl', 'tiny_qwen25vl', 'VisualEmbedding', 'TinyNavit',
-           'VisualTokenizer', 'RemoteStyleOvis2_5', 'tiny_remote_ovis25', 'count_calls']
+__all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'IMAGE_PLACEHOLDERS', 'fixtures_dir', 'fixture', 'require_fixture',
+           'chat_template', 'tiny_tokenizer', 'tiny_llm_config', 'noise_image', 'n_params', 'TinyVLM',
+           'expand_placeholders', 'count_calls']
 
 # %% ../nbs/03_testing.ipynb #380bdc7d
 def fixtures_dir(start:str|Path|None=None) -> Path|None:
@@ -128,155 +127,12 @@ class TinyVLM:
         return out
 
 # %% ../nbs/03_testing.ipynb #53a25024
-def _expand_each(text:str, placeholder:str, counts:list, render) -> str:
+def expand_placeholders(text:str, placeholder:str, counts:list, render) -> str:
     "Replace the i-th `placeholder` in `text` by `render(counts[i])`, checking there is one per image."
     parts = text.split(placeholder)
     if len(parts) - 1 != len(counts):
         raise ValueError(f"{len(parts)-1} {placeholder!r} placeholders in the prompt but {len(counts)} images")
     return parts[0] + ''.join(render(n) + p for n, p in zip(counts, parts[1:]))
-
-def tiny_internvl(seed:int=0) -> TinyVLM:
-    "transformers' `InternVLForConditionalGeneration`, InternVL3.5-shaped (ViT + pixel-shuffle MLP + Qwen3), random weights."
-    from transformers import InternVLConfig, InternVLForConditionalGeneration
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-    tok = tiny_tokenizer('internvl')
-    # 56x56 tiles of 14-pixel patches: 4x4 patches, pixel-shuffled (ratio 0.5) to 4 tokens per tile.
-    cfg = InternVLConfig(vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                            image_size=56, patch_size=14),
-                         text_config=dict(model_type='qwen3', **tiny_llm_config(tok)),
-                         image_token_id=tok.context_image_token_id, image_seq_length=4, downsample_ratio=0.5)
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(cfg).eval()
-    ip = GotOcr2ImageProcessorPil(size={'height': 56, 'width': 56}, crop_to_patches=False,
-                                  image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-    def expand(text, feats):
-        tiles = feats['num_patches'].tolist() if feats else []
-        return _expand_each(text, '<IMG_CONTEXT>', tiles, lambda n: '<img>' + '<IMG_CONTEXT>' * (4 * n) + '</img>')
-    return TinyVLM('internvl', model, tok, ip, expand)
-
-def tiny_qwen25vl(seed:int=0) -> TinyVLM:
-    "transformers' `Qwen2_5_VLForConditionalGeneration` (window-attention ViT + merger + Qwen2 with M-RoPE), random weights."
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    tok = tiny_tokenizer('qwen2_5_vl')
-    ids = dict(zip(['image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id'],
-                   tok.convert_tokens_to_ids(['<|image_pad|>', '<|video_pad|>', '<|vision_start|>', '<|vision_end|>'])))
-    rope = dict(rope_type='default', rope_theta=10000.0, mrope_section=[2, 3, 3])  # t, h, w halves of head_dim 16
-    cfg = Qwen2_5_VLConfig(text_config=tiny_llm_config(tok, rope_parameters=rope),
-                           vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                                              patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                                              fullatt_block_indexes=[1]), **ids)
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    ip = Qwen2VLImageProcessorPil(min_pixels=56*56, max_pixels=112*112, patch_size=14, merge_size=2, temporal_patch_size=2)
-    def expand(text, feats):
-        n = (feats['image_grid_thw'].prod(-1) // 4).tolist() if feats else []
-        return _expand_each(text, '<|image_pad|>', n, lambda k: '<|image_pad|>' * k)
-    return TinyVLM('qwen2_5_vl', model, tok, ip, expand)
-
-# %% ../nbs/03_testing.ipynb #0432b5a7
-OVIS_VISUAL_ATOM_ID, OVIS_INDICATOR_IDS = -300, [-301, -302, -303, -304]
-
-class VisualEmbedding(nn.Embedding):
-    "Ovis's visual embedding table: ids look rows up, soft visual tokens (probabilities) take a weighted sum of rows."
-    def forward(self, x):
-        return super().forward(x) if not x.is_floating_point() else x @ self.weight
-
-# %% ../nbs/03_testing.ipynb #01f9c61c
-from transformers import PreTrainedModel, PretrainedConfig
-
-class TinyNavit(PreTrainedModel):
-    "Stand-in for Ovis2.5's siglip2_navit with its module names; merges each 2x2 patch group into one feature."
-    config_class = PretrainedConfig
-    supports_gradient_checkpointing = True
-    main_input_name = 'pixel_values'
-    def __init__(self, config):
-        from transformers import SiglipVisionConfig
-        from transformers.models.siglip.modeling_siglip import SiglipEncoder
-        super().__init__(config)
-        d = config.hidden_size
-        self.vision_model = nn.Module()
-        self.vision_model.embeddings = nn.Module()
-        self.vision_model.embeddings.patch_embedding = nn.Linear(3 * config.patch_size ** 2, d)
-        self.vision_model.encoder = SiglipEncoder(SiglipVisionConfig(hidden_size=d, intermediate_size=config.intermediate_size,
-                                                                     num_hidden_layers=config.num_hidden_layers,
-                                                                     num_attention_heads=config.num_attention_heads))
-        self.vision_model.post_layernorm = nn.LayerNorm(d)
-        self.post_init()
-    def get_input_embeddings(self): return self.vision_model.embeddings.patch_embedding
-    def forward(self, pixel_values, grid_thws):
-        h = self.vision_model.encoder(inputs_embeds=self.vision_model.embeddings.patch_embedding(pixel_values)[None]).last_hidden_state[0]
-        return h.reshape(-1, self.config.hidden_stride ** 2 * h.shape[-1])
-
-class VisualTokenizer(nn.Module):
-    "ViT features -> softmax over the visual vocabulary (4 indicator columns left at zero), as Ovis's visual tokenizer."
-    def __init__(self, vit, visual_vocab_size):
-        super().__init__()
-        self.vit = vit
-        n = visual_vocab_size - len(OVIS_INDICATOR_IDS)
-        self.head = nn.Sequential(nn.Linear(vit.config.hidden_size * vit.config.hidden_stride ** 2, n, bias=False), nn.LayerNorm(n))
-    def forward(self, pixel_values, grid_thws):
-        tokens = self.head(self.vit(pixel_values, grid_thws)).softmax(-1)
-        return torch.cat([tokens, tokens.new_zeros(len(tokens), len(OVIS_INDICATOR_IDS))], -1)
-
-# %% ../nbs/03_testing.ipynb #81f45c16
-class RemoteStyleOvis2_5(PreTrainedModel):
-    "The remote code's `Ovis2_5` structure and its quirks, kept on purpose (see the LoRA notebook for the fixes)."
-    config_class = PretrainedConfig
-    base_model_prefix = 'ovis2_5'
-    supports_gradient_checkpointing = True
-    def __init__(self, config):
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-        super().__init__(config)
-        self.llm = Qwen3ForCausalLM(Qwen3Config(**config.llm_config))
-        self.visual_tokenizer = VisualTokenizer(TinyNavit(PretrainedConfig(**config.vit_config)), config.visual_vocab_size)
-        self.vte = VisualEmbedding(config.visual_vocab_size, config.hidden_size)
-        self.register_buffer('indicator_token_indices', torch.arange(config.visual_vocab_size - 4, config.visual_vocab_size), persistent=False)
-        self.post_init()
-
-    def get_wte(self): return self.llm.get_input_embeddings()
-
-    def forward(self, input_ids, attention_mask, pixel_values, grid_thws, labels=None, **kwargs):
-        inputs_embeds = self.merge_multimodal(input_ids, pixel_values, grid_thws)
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
-
-    def merge_multimodal(self, input_ids, pixel_values, grid_thws):
-        embeds = self.get_wte()(torch.masked_fill(input_ids, input_ids < 0, 0))
-        if pixel_values is not None:
-            indicators = self.vte(self.indicator_token_indices).to(embeds.dtype)
-            visual = self.vte(self.visual_tokenizer(pixel_values, grid_thws)).to(embeds.dtype)
-            for i, indicator_id in enumerate(OVIS_INDICATOR_IDS): embeds[input_ids == indicator_id] = indicators[i]
-            embeds[input_ids == OVIS_VISUAL_ATOM_ID] = visual
-        return embeds
-
-# %% ../nbs/03_testing.ipynb #a742c957
-def tiny_remote_ovis25(seed:int=0) -> TinyVLM:
-    "A `RemoteStyleOvis2_5` (Qwen3 LLM + stand-in NaViT + head + `vte`), random weights, with an Ovis-style `inputs` helper."
-    tok = tiny_tokenizer('ovis2_5')
-    cfg = PretrainedConfig()
-    cfg.llm_config = tiny_llm_config(tok)
-    cfg.vit_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, hidden_stride=2)
-    cfg.visual_vocab_size, cfg.hidden_size = 64, 64
-    torch.manual_seed(seed)
-    model = RemoteStyleOvis2_5(cfg).eval()
-    def image_processor(images, return_tensors='pt'):
-        # the official Ovis2.5 preprocessing at a tiny pixel budget (about 64x64 per image)
-        from vlmkit.ovis.preprocessing import preprocess
-        pv, grid = zip(*(preprocess(im, min_pixels=64*64, max_pixels=64*64) for im in images))
-        return dict(pixel_values=torch.cat(pv), grid_thws=torch.cat(grid))
-    vlm = TinyVLM('ovis2_5', model, tok, image_processor, expand=None)
-    def inputs(messages, images=(), add_generation_prompt=False):
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        feats = image_processor(images) if len(images) else dict(pixel_values=None, grid_thws=None)
-        atoms = (feats['grid_thws'].prod(-1) // 4).tolist() if len(images) else []
-        pieces = text.split('<image>')
-        if len(pieces) - 1 != len(atoms): raise ValueError(f"{len(pieces)-1} '<image>' placeholders in the prompt but {len(atoms)} images")
-        ids = tok(pieces[0])['input_ids']
-        for n, p in zip(atoms, pieces[1:]): ids += [-301] + [OVIS_VISUAL_ATOM_ID] * n + [-302] + tok(p)['input_ids']
-        ids = torch.tensor([ids])
-        return dict(input_ids=ids, attention_mask=torch.ones_like(ids), **feats)
-    vlm.inputs = inputs
-    return vlm
 
 # %% ../nbs/03_testing.ipynb #b4bcad4c
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -21,13 +21,13 @@ __all__ = ['tour_model', 'tour_tiling', 'tour_answer', 'tour_grounding', 'simula
 # %% ../nbs/80_tour.ipynb #9792bf73
 def tour_model(image, seed:int=0) -> dict:
     "Build a tiny InternVL, run one forward on `image` with a question, return what came out."
-    from vlmkit.testing import tiny_internvl, n_params  # transformers loads here, so `vlmkit-tour --help` answers at once
+    from vlmkit.internvl.tiny import tiny_internvl  # transformers loads here, so `vlmkit-tour --help` answers at once
     vlm = tiny_internvl(seed)
     msgs = [{'role': 'user', 'content': '<IMG_CONTEXT>\nWhere is the red circle?'}]
     inputs = vlm.inputs(msgs, [image], add_generation_prompt=True)
     with torch.no_grad(): logits = vlm.model(**inputs).logits
-    return dict(family=vlm.family, params=n_params(vlm.model), prompt_tokens=inputs['input_ids'].shape[1],
-                logits_shape=tuple(logits.shape))
+    return dict(family=vlm.family, params=sum(p.numel() for p in vlm.model.parameters()),
+                prompt_tokens=inputs['input_ids'].shape[1], logits_shape=tuple(logits.shape))
 
 # %% ../nbs/80_tour.ipynb #2a4a8e61
 def tour_tiling(image, max_num:int=12) -> dict:

@@ -1,4 +1,4 @@
-"""Which frames a video model sees (InternVL's official `get_index`, transformers' sampler beside it), decoding them from files (PyAV, decord, OpenCV), saving them as images, and tiling them for InternVL.
+"""Which frames a video model sees (InternVL's official `get_index`, transformers' sampler beside it), decoding them from files (PyAV, decord, OpenCV) and saving them as images.
 
 Docs: https://vlmkit.github.io/vlmkit/video.html.md"""
 
@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['BACKENDS', 'NumSegmentsError', 'get_index', 'get_index_hf', 'VideoLoadError', 'VideoInfo', 'available_backends',
-           'video_info', 'read_frames', 'make_test_video', 'clip_frame_number', 'sample_frames', 'load_video',
-           'save_frames', 'save_frames_cli']
+__all__ = ['VIDEO_BACKENDS', 'NumSegmentsError', 'get_index', 'get_index_hf', 'VideoLoadError', 'VideoInfo', 'available_backends',
+           'video_info', 'read_frames', 'make_test_video', 'clip_frame_number', 'sample_frames', 'save_frames',
+           'save_frames_cli']
 
 # %% ../nbs/02_video.ipynb #e50a9953
 class NumSegmentsError(ZeroDivisionError, ValueError):
@@ -125,19 +125,19 @@ def _cv2_frames(p, indices):
     cap.release()
     return out
 
-BACKENDS = {'pyav': ('av', _pyav_info, _pyav_frames), 'decord': ('decord', _decord_info, _decord_frames),
-            'opencv': ('cv2', _cv2_info, _cv2_frames)}
+VIDEO_BACKENDS = {'pyav': ('av', _pyav_info, _pyav_frames), 'decord': ('decord', _decord_info, _decord_frames),
+                  'opencv': ('cv2', _cv2_info, _cv2_frames)}
 
 def available_backends() -> list[str]:
     "Video backends importable here, PyAV first."
     import importlib.util
-    return [k for k, (mod, *_) in BACKENDS.items() if importlib.util.find_spec(mod) is not None]
+    return [k for k, (mod, *_) in VIDEO_BACKENDS.items() if importlib.util.find_spec(mod) is not None]
 
 def _backend(name):
     name = name or 'pyav'
-    if name not in BACKENDS: raise ValueError(f"unknown video backend {name!r}; choose one of {list(BACKENDS)}")
+    if name not in VIDEO_BACKENDS: raise ValueError(f"unknown video backend {name!r}; choose one of {list(VIDEO_BACKENDS)}")
     if name not in available_backends(): raise ImportError(f"video backend {name!r} needs `pip install {dict(decord='decord', opencv='opencv-python-headless', pyav='av')[name]}`")
-    return BACKENDS[name]
+    return VIDEO_BACKENDS[name]
 
 def video_info(path, backend:str|None=None) -> VideoInfo:
     "Frame count, average fps and frame size of a video file."
@@ -194,15 +194,6 @@ def sample_frames(path, num_segments=32, bound=None, first_idx=0, backend:str|No
     idx = get_index(bound, info.fps, info.max_frame, first_idx, num_segments)
     return read_frames(path, idx, backend), idx, info
 
-# %% ../nbs/02_video.ipynb #fe453ef7
-def load_video(video_path, bound=None, input_size=448, max_num=1, num_segments=32, *, backend=None,
-               allow_repeats=False) -> tuple[torch.Tensor, list[int]]:
-    "Official InternVL `load_video`: `(pixel_values [sum(tiles), 3, s, s], num_patches_list)`, one entry per frame."
-    from vlmkit.internvl.tiling import tiles_fast
-    frames, _, _ = sample_frames(video_path, num_segments, bound, 0, backend, allow_repeats)
-    tiles = [tiles_fast(Image.fromarray(f), 1, max_num, input_size, use_thumbnail=True) for f in frames]
-    return torch.cat(tiles), [t.shape[0] for t in tiles]
-
 # %% ../nbs/02_video.ipynb #1dbb1e70
 def save_frames(video_path, out_dir, num_segments=8, bound=None, size:int|None=448, fmt='png', backend=None,
                 allow_repeats=False, prefix='frame_') -> list[Path]:
@@ -230,7 +221,7 @@ def save_frames_cli(argv=None) -> int:
     ap.add_argument('--bound', type=float, nargs=2, metavar=('START_S', 'END_S'))
     ap.add_argument('--size', type=int, default=448, help='square side in pixels; 0 keeps the decoded size')
     ap.add_argument('--format', default='png')
-    ap.add_argument('--backend', choices=list(BACKENDS), default=None)
+    ap.add_argument('--backend', choices=list(VIDEO_BACKENDS), default=None)
     ap.add_argument('--allow-repeats', action='store_true')
     a = ap.parse_args(argv)
     if a.size < 0: ap.error(f"argument --size: must be 0 or more, got {a.size}")

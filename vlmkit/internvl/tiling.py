@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from ..images import load_image as _load_image, to_rgb, synthetic_image, ImageLoadError
+from ..images import open_image, to_rgb, synthetic_image, ImageLoadError
+from ..video import sample_frames
 from ..resample import FILTERS, fast_resize_is_exact, jit, pillow_passes, reproduces_pillow, resize_many, rgbx_array, _pool, _strips
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'TOKENS_PER_TILE', 'VARIANTS', 'SAMPLE_SIZES', 'open_rgb', 'target_ratios',
            'find_closest_aspect_ratio', 'TilePlan', 'check_image_size', 'plan_tiles', 'dynamic_preprocess',
            'build_transform', 'tiles_reference', 'official_pixels', 'resize_exact', 'tiles_fast', 'load_image',
-           'TileDataset', 'collate_tiles', 'tile_loader', 'draw_tile_grid', 'show_tiles', 'TileExplorer']
+           'load_video', 'TileDataset', 'collate_tiles', 'tile_loader', 'draw_tile_grid', 'show_tiles', 'TileExplorer']
 
 # %% ../../nbs/20_internvl_tiling.ipynb #568271a8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,7 +35,7 @@ VARIANTS = {
 def open_rgb(src, exif_transpose:bool=True) -> Image.Image:
     "RGB PIL image from a path, bytes, file object or PIL image (no copy when it already is an RGB PIL image)."
     if isinstance(src, Image.Image): return src if src.mode == 'RGB' else to_rgb(src)
-    return _load_image(src, exif_transpose=exif_transpose)
+    return open_image(src, exif_transpose=exif_transpose)
 
 # %% ../../nbs/20_internvl_tiling.ipynb #39185266
 def target_ratios(min_num:int=1, max_num:int=12) -> list[tuple[int, int]]:
@@ -271,6 +272,14 @@ def load_image(image_file_or_pil, input_size=448, max_num=12, *, min_num=1, vari
     return tiles_fast(image, min_num, max_num, input_size,
                       opts['use_thumbnail'] if use_thumbnail is None else use_thumbnail,
                       opts['resample'] if resample is None else resample, threads)
+
+# %% ../../nbs/20_internvl_tiling.ipynb #0d67a12d
+def load_video(video_path, bound=None, input_size=448, max_num=1, num_segments=32, *, backend=None,
+               allow_repeats=False) -> tuple[torch.Tensor, list[int]]:
+    "Official InternVL `load_video`: `(pixel_values [sum(tiles), 3, s, s], num_patches_list)`, one entry per frame."
+    frames, _, _ = sample_frames(video_path, num_segments, bound, 0, backend, allow_repeats)
+    tiles = [tiles_fast(Image.fromarray(f), 1, max_num, input_size, use_thumbnail=True) for f in frames]
+    return torch.cat(tiles), [t.shape[0] for t in tiles]
 
 # %% ../../nbs/20_internvl_tiling.ipynb #5835e221
 class TileDataset(torch.utils.data.Dataset):

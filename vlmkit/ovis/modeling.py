@@ -17,17 +17,16 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from torch.utils.checkpoint import checkpoint
-from ..loss import linear_cross_entropy, shift_labels
-from ..attention import (varlen_attention, cu_seqlens_from_lengths, cu_seqlens_from_position_ids, host_to_device,
-                              register_varlen_attention, VARLEN_IMPL)
+from ..loss import labelled_lm_loss
+from ..packing import pack_rows, packed_attention_kwargs
+from ..attention import varlen_attention, cu_seqlens_from_lengths, host_to_device, register_varlen_attention, VARLEN_IMPL
 
 # %% auto #0
 __all__ = ['VISUAL_ATOM_ID', 'INDICATOR_IDS', 'Ovis2_5_Config', 'Ovis2_5', 'Siglip2NavitConfig', 'Ovis2_5Config',
            'tiny_ovis25_config', 'block_order', 'patch_count', 'navit_rotary', 'rotate_half', 'apply_rotary',
            'window_partition', 'bicubic_weights', 'NavitEmbeddings', 'NavitAttention', 'NavitMLP', 'NavitEncoderLayer',
            'NavitEncoder', 'NavitVisionTransformer', 'Siglip2NavitModel', 'VisualHead', 'VisualTokenizer',
-           'Ovis2_5ForConditionalGeneration', 'labelled_lm_loss', 'random_sample', 'load_text_tokenizer',
-           'pack_samples', 'unpack', 'pack_by_budget']
+           'load_text_tokenizer', 'Ovis2_5ForConditionalGeneration', 'random_sample', 'pack_samples']
 
 # %% ../../nbs/11_ovis_model.ipynb #dbd4c141
 VISUAL_ATOM_ID = -300                     # one per visual token in input_ids
@@ -286,6 +285,45 @@ class VisualTokenizer(nn.Module):
     def probabilities(self, features:torch.Tensor) -> torch.Tensor: return self.head(features)
     def forward(self, pixel_values, grid_thws): return self.probabilities(self.encode(pixel_values, grid_thws))
 
+# %% ../../nbs/11_ovis_model.ipynb #9424957b
+@torch.no_grad()
+def _check_atoms(input_ids, n_tokens):
+    n_atoms = int((input_ids == VISUAL_ATOM_ID).sum())
+    if n_atoms != n_tokens: raise ValueError(f"input_ids hold {n_atoms} visual atoms ({VISUAL_ATOM_ID}) but the images give {n_tokens} visual tokens")
+
+def _llm_params(llm) -> set:
+    "Names the LLM's forward takes (transformers renamed `past_key_values` to `cache` and dropped `cache_position` in 5.x)."
+    return set(inspect.signature(type(llm).forward).parameters)
+
+def _cache_length(cache) -> int:
+    if cache is None: return 0
+    if isinstance(cache, (tuple, list)): return cache[0][0].shape[-2] if len(cache) else 0  # legacy tuples
+    return int(cache.get_seq_length())
+
+def _checkpoint_keys(folder:Path) -> set[str]:
+    index = folder/'model.safetensors.index.json'
+    if index.exists(): return set(json.loads(index.read_text())['weight_map'])
+    from safetensors import safe_open
+    keys = set()
+    for f in sorted(folder.glob('*.safetensors')):
+        with safe_open(f, 'pt') as sf: keys |= set(sf.keys())
+    if not keys: raise FileNotFoundError(f"no safetensors weights in {folder}")
+    return keys
+
+def _local_folder(name_or_path) -> Path:
+    p = Path(name_or_path)
+    if p.is_dir(): return p
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(str(name_or_path)))
+
+def load_text_tokenizer(folder):
+    "The Ovis2.5 tokenizer of `folder` (vlmkit.ovis.preprocessing's loader where available)."
+    try: from vlmkit.ovis.preprocessing import load_ovis_tokenizer
+    except ImportError: load_ovis_tokenizer = None
+    if load_ovis_tokenizer is not None: return load_ovis_tokenizer(folder)
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(folder)
+
 # %% ../../nbs/11_ovis_model.ipynb #61e5a36c
 class Ovis2_5ForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = Ovis2_5Config
@@ -313,100 +351,148 @@ class Ovis2_5ForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value): self.llm.set_output_embeddings(value)
     def get_wte(self): return self.llm.get_input_embeddings()
 
-# %% ../../nbs/11_ovis_model.ipynb #45bece27
-def _visual_embeddings(self, pixel_values:torch.Tensor, grid_thws:torch.Tensor) -> torch.Tensor:
-    "`[visual tokens, hidden]`: expected `vte` rows under each token's visual-word distribution (`self.visual_chunk` rows at a time)."
-    chunk = self.visual_chunk
-    vt = self.visual_tokenizer
-    feats = vt.encode(pixel_values.to(self.vte.weight.dtype), grid_thws)
-    embed = lambda f: vt.probabilities(f) @ self.vte.weight  # zero indicator columns: the full, aligned table, the same sum
-    if not torch.is_grad_enabled() or not chunk: return embed(feats)
-    return torch.cat([checkpoint(embed, f, use_reentrant=False) for f in feats.split(chunk)])
+    def visual_embeddings(self, pixel_values:torch.Tensor, grid_thws:torch.Tensor) -> torch.Tensor:
+        "`[visual tokens, hidden]`: expected `vte` rows under each token's visual-word distribution (`self.visual_chunk` rows at a time)."
+        chunk = self.visual_chunk
+        vt = self.visual_tokenizer
+        feats = vt.encode(pixel_values.to(self.vte.weight.dtype), grid_thws)
+        embed = lambda f: vt.probabilities(f) @ self.vte.weight  # zero indicator columns: the full, aligned table, the same sum
+        if not torch.is_grad_enabled() or not chunk: return embed(feats)
+        return torch.cat([checkpoint(embed, f, use_reentrant=False) for f in feats.split(chunk)])
 
-@torch.no_grad()
-def _check_atoms(input_ids, n_tokens):
-    n_atoms = int((input_ids == VISUAL_ATOM_ID).sum())
-    if n_atoms != n_tokens: raise ValueError(f"input_ids hold {n_atoms} visual atoms ({VISUAL_ATOM_ID}) but the images give {n_tokens} visual tokens")
+    def _visual_token_count(self, grid_thws:torch.Tensor|None) -> int:
+        "Visual tokens the images `grid_thws` give: one per `hidden_stride x hidden_stride` block of patches."
+        return 0 if grid_thws is None else patch_count(grid_thws) // self.config.vit_config.hidden_stride ** 2
 
-def _visual_token_count(self, grid_thws:torch.Tensor|None) -> int:
-    "Visual tokens the images `grid_thws` give: one per `hidden_stride x hidden_stride` block of patches."
-    return 0 if grid_thws is None else patch_count(grid_thws) // self.config.vit_config.hidden_stride ** 2
+    def merge_multimodal(self, input_ids:torch.Tensor, pixel_values:torch.Tensor|None=None, grid_thws:torch.Tensor|None=None) -> torch.Tensor:
+        "Input embeddings `[B, L, hidden]`: text from the LLM table, visual atoms and indicators from `vte`."
+        # checked before any image work is queued, so reading the count waits for no encoder kernel
+        _check_atoms(input_ids, 0 if pixel_values is None else self._visual_token_count(grid_thws))
+        embeds = self.get_wte()(input_ids.clamp(min=0))
+        is_ind = (input_ids <= INDICATOR_IDS[0]) & (input_ids >= INDICATOR_IDS[-1])
+        V, n = self.config.visual_vocab_size, len(INDICATOR_IDS)
+        rows = (V - n + (INDICATOR_IDS[0] - input_ids)).clamp(V - n, V - 1)  # the indicators' vte rows (elsewhere unused)
+        embeds = torch.where(is_ind[..., None], self.vte.weight[rows].to(embeds.dtype), embeds)  # not a mask index: no count to read
+        if pixel_values is None: return embeds
+        visual = self.visual_embeddings(pixel_values, grid_thws)
+        return embeds.masked_scatter((input_ids == VISUAL_ATOM_ID)[..., None], visual.to(embeds.dtype))
 
-def _merge_multimodal(self, input_ids:torch.Tensor, pixel_values:torch.Tensor|None=None, grid_thws:torch.Tensor|None=None) -> torch.Tensor:
-    "Input embeddings `[B, L, hidden]`: text from the LLM table, visual atoms and indicators from `vte`."
-    # checked before any image work is queued, so reading the count waits for no encoder kernel
-    _check_atoms(input_ids, 0 if pixel_values is None else _visual_token_count(self, grid_thws))
-    embeds = self.get_wte()(input_ids.clamp(min=0))
-    is_ind = (input_ids <= INDICATOR_IDS[0]) & (input_ids >= INDICATOR_IDS[-1])
-    V, n = self.config.visual_vocab_size, len(INDICATOR_IDS)
-    rows = (V - n + (INDICATOR_IDS[0] - input_ids)).clamp(V - n, V - 1)  # the indicators' vte rows (elsewhere unused)
-    embeds = torch.where(is_ind[..., None], self.vte.weight[rows].to(embeds.dtype), embeds)  # not a mask index: no count to read
-    if pixel_values is None: return embeds
-    visual = self.visual_embeddings(pixel_values, grid_thws)
-    return embeds.masked_scatter((input_ids == VISUAL_ATOM_ID)[..., None], visual.to(embeds.dtype))
+    def _embed_inputs(self, input_ids=None, pixel_values=None, grid_thws=None, inputs_embeds=None) -> torch.Tensor:
+        "`inputs_embeds` as given, or merged from `input_ids` and the images; exactly one of the two."
+        if inputs_embeds is None:
+            if input_ids is None: raise ValueError("forward needs input_ids (with pixel_values and grid_thws for images) or inputs_embeds")
+            return self.merge_multimodal(input_ids, pixel_values, grid_thws)
+        if input_ids is not None: raise ValueError("pass input_ids or inputs_embeds, not both: inputs_embeds replaces the merge of input_ids and images")
+        if pixel_values is not None or grid_thws is not None:
+            raise ValueError("pixel_values/grid_thws given with inputs_embeds: images are merged from input_ids; "
+                             "build inputs_embeds with model.merge_multimodal(input_ids, pixel_values, grid_thws) instead")
+        return inputs_embeds
 
-Ovis2_5ForConditionalGeneration.visual_embeddings = _visual_embeddings
-Ovis2_5ForConditionalGeneration.merge_multimodal = _merge_multimodal
+    def _llm_kwargs(self, past_key_values, use_cache, cache_position, kwargs) -> dict:
+        "Cache arguments under the names this transformers version's LLM forward uses."
+        cache = past_key_values if past_key_values is not None else kwargs.pop('cache', None)
+        names = _llm_params(self.llm)
+        if cache is not None: kwargs['cache' if 'cache' in names else 'past_key_values'] = cache
+        if use_cache is not None: kwargs['use_cache'] = use_cache
+        if cache_position is not None and 'cache_position' in names: kwargs['cache_position'] = cache_position
+        return kwargs
 
-# %% ../../nbs/11_ovis_model.ipynb #3916eddf
-def labelled_lm_loss(hidden:torch.Tensor, labels:torch.Tensor, lm_head:nn.Module, num_items_in_batch=None, chunk:int=1024) -> torch.Tensor:
-    "Next-token cross entropy (ignore -100) over the labelled positions only, through `vlmkit.loss.linear_cross_entropy`."
-    y = shift_labels(labels).reshape(-1).to(hidden.device)
-    keep = y != -100
-    h, y = hidden.reshape(-1, hidden.shape[-1])[keep], y[keep]
-    if not len(y): return hidden.sum() * 0
-    mean = linear_cross_entropy(h, lm_head.weight, y, chunk_size=chunk)
-    return mean if num_items_in_batch is None else mean * len(y) / num_items_in_batch
+    def _packed_kwargs(self, position_ids, kwargs) -> dict:
+        "Sample borders for the varlen LLM layers, from packed position ids (once per forward, not per layer)."
+        if position_ids is None or 'cu_seq_lens_q' in kwargs or self.llm.config._attn_implementation != VARLEN_IMPL: return {}
+        if kwargs.get('past_key_values') is not None or kwargs.get('cache') is not None: return {}
+        return packed_attention_kwargs(position_ids)
 
-def _packed_kwargs(self, position_ids, kwargs):
-    "cu_seqlens for the varlen LLM layers, from position ids (one host sync per forward, not per layer)."
-    if position_ids is None or 'cu_seq_lens_q' in kwargs or self.llm.config._attn_implementation != VARLEN_IMPL: return {}
-    if kwargs.get('past_key_values') is not None or kwargs.get('cache') is not None: return {}
-    cu = cu_seqlens_from_position_ids(position_ids.cpu())
-    m = int(cu.diff().max())
-    cu = host_to_device(cu, position_ids.device)  # once per forward, not once per layer
-    return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=m, max_length_k=m)
+    def forward(self, input_ids:torch.Tensor|None=None, attention_mask:torch.Tensor|None=None, pixel_values:torch.Tensor|None=None,
+                grid_thws:torch.Tensor|None=None, labels:torch.Tensor|None=None, position_ids:torch.Tensor|None=None,
+                past_key_values=None, inputs_embeds:torch.Tensor|None=None, use_cache:bool|None=None,
+                cache_position:torch.Tensor|None=None, return_logits:bool=False, **kwargs):
+        """Official-compatible forward: merge images into the text embeddings (or take `inputs_embeds`), then the Qwen3 LLM (loss when `labels`).
 
-def _llm_params(llm) -> set:
-    "Names the LLM's forward takes (transformers renamed `past_key_values` to `cache` and dropped `cache_position` in 5.x)."
-    return set(inspect.signature(type(llm).forward).parameters)
+        Args:
+            input_ids: `[B, L]` token ids, with `VISUAL_ATOM_ID` for each visual token and `INDICATOR_IDS` around each image.
+            pixel_values: `[patches, 3 * 16 * 16]` the images' patches, in `grid_thws` order; `grid_thws`: `[images, 3]` (t, h, w in patches).
+            position_ids: `[B, L]`; restarting at 0 marks packed samples, which then attend only within themselves.
+            labels: `[B, L]` with -100 where nothing is learned; the loss is computed from the last hidden states at the
+                labelled positions only (`vlmkit.loss.labelled_lm_loss`), unless `return_logits`.
+            inputs_embeds: `[B, L, hidden]` in place of `input_ids` and the images; `past_key_values` (or `cache`),
+                `use_cache`, `cache_position`, `num_items_in_batch` and the rest go to the LLM.
 
-def _llm_kwargs(self, past_key_values, use_cache, cache_position, kwargs) -> dict:
-    "Cache arguments under the names this transformers version's LLM forward uses."
-    cache = past_key_values if past_key_values is not None else kwargs.pop('cache', None)
-    names = _llm_params(self.llm)
-    if cache is not None: kwargs['cache' if 'cache' in names else 'past_key_values'] = cache
-    if use_cache is not None: kwargs['use_cache'] = use_cache
-    if cache_position is not None and 'cache_position' in names: kwargs['cache_position'] = cache_position
-    return kwargs
+        Returns:
+            transformers' `CausalLMOutputWithPast`: `logits` `[B, L, vocab]` without labels (or with `return_logits`),
+            else only `loss`."""
+        embeds = self._embed_inputs(input_ids, pixel_values, grid_thws, inputs_embeds)
+        kwargs = self._llm_kwargs(past_key_values, use_cache, cache_position, kwargs)
+        kwargs |= self._packed_kwargs(position_ids, kwargs)
+        if labels is None or return_logits:
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels, **kwargs)
+        n_items = kwargs.pop('num_items_in_batch', None)
+        kwargs.setdefault('use_cache', False)
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        return CausalLMOutputWithPast(loss=labelled_lm_loss(out.last_hidden_state, labels, self.llm.lm_head, n_items))
 
-def _embed_inputs(self, input_ids=None, pixel_values=None, grid_thws=None, inputs_embeds=None) -> torch.Tensor:
-    "`inputs_embeds` as given, or merged from `input_ids` and the images; exactly one of the two."
-    if inputs_embeds is None:
-        if input_ids is None: raise ValueError("forward needs input_ids (with pixel_values and grid_thws for images) or inputs_embeds")
-        return self.merge_multimodal(input_ids, pixel_values, grid_thws)
-    if input_ids is not None: raise ValueError("pass input_ids or inputs_embeds, not both: inputs_embeds replaces the merge of input_ids and images")
-    if pixel_values is not None or grid_thws is not None:
-        raise ValueError("pixel_values/grid_thws given with inputs_embeds: images are merged from input_ids; "
-                         "build inputs_embeds with model.merge_multimodal(input_ids, pixel_values, grid_thws) instead")
-    return inputs_embeds
+    def prepare_inputs_for_generation(self, input_ids:torch.Tensor, past_key_values=None, pixel_values:torch.Tensor|None=None,
+                                      grid_thws:torch.Tensor|None=None, attention_mask:torch.Tensor|None=None,
+                                      inputs_embeds:torch.Tensor|None=None, **kwargs) -> dict:
+        "One decoding step's `forward` inputs: the whole prompt with its images while the cache is empty, then only the new tokens."
+        cache = past_key_values if past_key_values is not None else kwargs.pop('cache', None)
+        position_ids, cache_position = kwargs.pop('position_ids', None), kwargs.pop('cache_position', None)
+        n_new, use_cache = kwargs.pop('next_sequence_length', None), kwargs.pop('use_cache', True)
+        for k in ('is_first_iteration', 'labels'): kwargs.pop(k, None)
+        seen = _cache_length(cache)
+        if seen == 0:  # prefill (and every step without a cache): the visual tokens enter here, and only here
+            step = dict(inputs_embeds=inputs_embeds) if inputs_embeds is not None else \
+                   dict(input_ids=input_ids, pixel_values=pixel_values, grid_thws=grid_thws)
+            n_new = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+        else:
+            # tokens past the cache; with a prompt given as embeddings, input_ids hold only the generated tokens
+            if n_new is None: n_new = len(cache_position) if cache_position is not None else max(input_ids.shape[1] - seen, 1)
+            step = dict(input_ids=input_ids[:, -n_new:])
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: every row counts from its first token
+        if position_ids is not None: step['position_ids'] = position_ids[..., -n_new:]
+        if cache_position is not None: step['cache_position'] = cache_position[-n_new:]
+        return step | dict(past_key_values=cache, attention_mask=attention_mask, use_cache=use_cache) | kwargs
 
-def _forward(self, input_ids:torch.Tensor|None=None, attention_mask:torch.Tensor|None=None, pixel_values:torch.Tensor|None=None,
-             grid_thws:torch.Tensor|None=None, labels:torch.Tensor|None=None, position_ids:torch.Tensor|None=None,
-             past_key_values=None, inputs_embeds:torch.Tensor|None=None, use_cache:bool|None=None,
-             cache_position:torch.Tensor|None=None, return_logits:bool=False, **kwargs):
-    "Official-compatible forward: merge images into the text embeddings (or take `inputs_embeds`), then the Qwen3 LLM (loss when `labels`)."
-    embeds = _embed_inputs(self, input_ids, pixel_values, grid_thws, inputs_embeds)
-    kwargs = _llm_kwargs(self, past_key_values, use_cache, cache_position, kwargs)
-    kwargs |= _packed_kwargs(self, position_ids, kwargs)
-    if labels is None or return_logits:
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels, **kwargs)
-    n_items = kwargs.pop('num_items_in_batch', None)
-    kwargs.setdefault('use_cache', False)
-    out = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-    return CausalLMOutputWithPast(loss=labelled_lm_loss(out.last_hidden_state, labels, self.llm.lm_head, n_items))
+    def preprocess_inputs(self, messages, *args, **kwargs):
+        "Official `model.preprocess_inputs(messages, min_pixels=..., max_pixels=..., ...)` -> (input_ids, pixel_values, grid_thws)."
+        from vlmkit.ovis.preprocessing import preprocess_inputs as _pre
+        if self.text_tokenizer is None: raise ValueError("model.text_tokenizer is not set: load with from_pretrained or assign a tokenizer")
+        return _pre(self.text_tokenizer, messages, *args, **kwargs)
 
-Ovis2_5ForConditionalGeneration.forward = _forward
+    def generate(self, inputs:torch.Tensor|None=None, **kwargs):
+        "Official `model.generate(input_ids, pixel_values=..., grid_thws=..., enable_thinking=..., thinking_budget=..., ...)`."
+        from vlmkit.ovis.generation import generate as _gen
+        if 'input_ids' in kwargs:  # PEFT and transformers callers name the prompt input_ids
+            if inputs is not None: raise ValueError("pass the prompt as inputs or input_ids, not both")
+            inputs = kwargs.pop('input_ids')
+        return _gen(self, inputs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *args, config=None, load_tokenizer:bool=True, **kwargs):
+        "Load an official-layout Ovis2.5 folder (or hub id) natively."
+        folder = _local_folder(name_or_path)
+        if config is None: config = Ovis2_5Config.from_pretrained(folder)
+        config.llm_config.tie_word_embeddings = 'llm.lm_head.weight' not in _checkpoint_keys(folder)
+        model = super().from_pretrained(folder, *args, config=config, **kwargs)
+        if load_tokenizer and (folder/'tokenizer_config.json').exists(): model.text_tokenizer = load_text_tokenizer(folder)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        "Official layout: weights under the official keys, config with `architectures: ['Ovis2_5']`, tokenizer if loaded."
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self.config.architectures = ["Ovis2_5"]
+        self.config.save_pretrained(save_directory)
+        if self.text_tokenizer is not None: self.text_tokenizer.save_pretrained(save_directory)
+
+Ovis2_5 = Ovis2_5ForConditionalGeneration  # the official name
+
+def _register_auto():
+    from transformers import AutoConfig, AutoModelForCausalLM
+    AutoConfig.register("siglip2_navit", Siglip2NavitConfig, exist_ok=True)
+    AutoConfig.register("ovis2_5", Ovis2_5Config, exist_ok=True)
+    AutoModelForCausalLM.register(Ovis2_5Config, Ovis2_5ForConditionalGeneration, exist_ok=True)
+_register_auto()
 
 # %% ../../nbs/11_ovis_model.ipynb #5ca66b03
 def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=768, stride:int=2, generator=None,
@@ -423,108 +509,6 @@ def random_sample(grid_hw:tuple|None, n_text:int, vocab:int=1000, patch_dim:int=
     if labelled: s['labels'] = s['input_ids'].clamp(min=0).masked_fill(s['input_ids'] < 0, -100)  # text only: atoms, indicators -100
     return s
 
-# %% ../../nbs/11_ovis_model.ipynb #afb02cfd
-def _checkpoint_keys(folder:Path) -> set[str]:
-    index = folder/'model.safetensors.index.json'
-    if index.exists(): return set(json.loads(index.read_text())['weight_map'])
-    from safetensors import safe_open
-    keys = set()
-    for f in sorted(folder.glob('*.safetensors')):
-        with safe_open(f, 'pt') as sf: keys |= set(sf.keys())
-    if not keys: raise FileNotFoundError(f"no safetensors weights in {folder}")
-    return keys
-
-def _local_folder(name_or_path) -> Path:
-    p = Path(name_or_path)
-    if p.is_dir(): return p
-    from huggingface_hub import snapshot_download
-    return Path(snapshot_download(str(name_or_path)))
-
-def load_text_tokenizer(folder):
-    "The Ovis2.5 tokenizer of `folder` (vlmkit.ovis.preprocessing's loader where available)."
-    try: from vlmkit.ovis.preprocessing import load_ovis_tokenizer
-    except ImportError: load_ovis_tokenizer = None
-    if load_ovis_tokenizer is not None: return load_ovis_tokenizer(folder)
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(folder)
-
-@classmethod
-def _from_pretrained(cls, name_or_path, *args, config=None, load_tokenizer:bool=True, **kwargs):
-    "Load an official-layout Ovis2.5 folder (or hub id) natively."
-    folder = _local_folder(name_or_path)
-    if config is None: config = Ovis2_5Config.from_pretrained(folder)
-    config.llm_config.tie_word_embeddings = 'llm.lm_head.weight' not in _checkpoint_keys(folder)
-    model = super(Ovis2_5ForConditionalGeneration, cls).from_pretrained(folder, *args, config=config, **kwargs)
-    if load_tokenizer and (folder/'tokenizer_config.json').exists(): model.text_tokenizer = load_text_tokenizer(folder)
-    return model
-
-def _save_pretrained(self, save_directory, *args, **kwargs):
-    "Official layout: weights under the official keys, config with `architectures: ['Ovis2_5']`, tokenizer if loaded."
-    super(Ovis2_5ForConditionalGeneration, self).save_pretrained(save_directory, *args, **kwargs)
-    self.config.architectures = ["Ovis2_5"]
-    self.config.save_pretrained(save_directory)
-    if self.text_tokenizer is not None: self.text_tokenizer.save_pretrained(save_directory)
-
-Ovis2_5ForConditionalGeneration.from_pretrained = _from_pretrained
-Ovis2_5ForConditionalGeneration.save_pretrained = _save_pretrained
-Ovis2_5 = Ovis2_5ForConditionalGeneration  # the official name
-
-# %% ../../nbs/11_ovis_model.ipynb #ae084b3e
-def _preprocess_inputs(self, messages, *args, **kwargs):
-    "Official `model.preprocess_inputs(messages, min_pixels=..., max_pixels=..., ...)` -> (input_ids, pixel_values, grid_thws)."
-    from vlmkit.ovis.preprocessing import preprocess_inputs as _pre
-    if self.text_tokenizer is None: raise ValueError("model.text_tokenizer is not set: load with from_pretrained or assign a tokenizer")
-    return _pre(self.text_tokenizer, messages, *args, **kwargs)
-
-def _generate(self, inputs:torch.Tensor|None=None, **kwargs):
-    "Official `model.generate(input_ids, pixel_values=..., grid_thws=..., enable_thinking=..., thinking_budget=..., ...)`."
-    from vlmkit.ovis.generation import generate as _gen
-    if 'input_ids' in kwargs:  # PEFT and transformers callers name the prompt input_ids
-        if inputs is not None: raise ValueError("pass the prompt as inputs or input_ids, not both")
-        inputs = kwargs.pop('input_ids')
-    return _gen(self, inputs, **kwargs)
-
-Ovis2_5ForConditionalGeneration.preprocess_inputs = _preprocess_inputs
-Ovis2_5ForConditionalGeneration.generate = _generate
-
-def _register_auto():
-    from transformers import AutoConfig, AutoModelForCausalLM
-    AutoConfig.register("siglip2_navit", Siglip2NavitConfig, exist_ok=True)
-    AutoConfig.register("ovis2_5", Ovis2_5Config, exist_ok=True)
-    AutoModelForCausalLM.register(Ovis2_5Config, Ovis2_5ForConditionalGeneration, exist_ok=True)
-_register_auto()
-
-# %% ../../nbs/11_ovis_model.ipynb #e567b102
-def _cache_length(cache) -> int:
-    if cache is None: return 0
-    if isinstance(cache, (tuple, list)): return cache[0][0].shape[-2] if len(cache) else 0  # legacy tuples
-    return int(cache.get_seq_length())
-
-def _prepare_inputs_for_generation(self, input_ids:torch.Tensor, past_key_values=None, pixel_values:torch.Tensor|None=None,
-                                   grid_thws:torch.Tensor|None=None, attention_mask:torch.Tensor|None=None,
-                                   inputs_embeds:torch.Tensor|None=None, **kwargs) -> dict:
-    "One decoding step's `forward` inputs: the whole prompt with its images while the cache is empty, then only the new tokens."
-    cache = past_key_values if past_key_values is not None else kwargs.pop('cache', None)
-    position_ids, cache_position = kwargs.pop('position_ids', None), kwargs.pop('cache_position', None)
-    n_new, use_cache = kwargs.pop('next_sequence_length', None), kwargs.pop('use_cache', True)
-    for k in ('is_first_iteration', 'labels'): kwargs.pop(k, None)
-    seen = _cache_length(cache)
-    if seen == 0:  # prefill (and every step without a cache): the visual tokens enter here, and only here
-        step = dict(inputs_embeds=inputs_embeds) if inputs_embeds is not None else \
-               dict(input_ids=input_ids, pixel_values=pixel_values, grid_thws=grid_thws)
-        n_new = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
-    else:
-        # tokens past the cache; with a prompt given as embeddings, input_ids hold only the generated tokens
-        if n_new is None: n_new = len(cache_position) if cache_position is not None else max(input_ids.shape[1] - seen, 1)
-        step = dict(input_ids=input_ids[:, -n_new:])
-    if position_ids is None and attention_mask is not None:
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: every row counts from its first token
-    if position_ids is not None: step['position_ids'] = position_ids[..., -n_new:]
-    if cache_position is not None: step['cache_position'] = cache_position[-n_new:]
-    return step | dict(past_key_values=cache, attention_mask=attention_mask, use_cache=use_cache) | kwargs
-
-Ovis2_5ForConditionalGeneration.prepare_inputs_for_generation = _prepare_inputs_for_generation
-
 # %% ../../nbs/11_ovis_model.ipynb #4f4e59fa
 def _as_sample(s) -> dict:
     if isinstance(s, dict): return s
@@ -535,34 +519,8 @@ def pack_samples(samples) -> dict:
     "Pack samples into one padding-free row: input_ids/position_ids (+labels) `[1, T]`, pixel_values, grid_thws, seq_lens."
     samples = [_as_sample(s) for s in samples]
     if not samples: raise ValueError("pack_samples needs at least one sample")
-    ids = [torch.as_tensor(s['input_ids']).reshape(-1) for s in samples]
-    out = dict(input_ids=torch.cat(ids)[None], position_ids=torch.cat([torch.arange(len(i)) for i in ids])[None],
-               seq_lens=[len(i) for i in ids])
-    with_labels = ['labels' in s and s['labels'] is not None for s in samples]
-    if any(with_labels):
-        if not all(with_labels): raise ValueError(f"labels given for samples {[i for i, w in enumerate(with_labels) if w]} only; give all or none")
-        labels = [torch.as_tensor(s['labels']).reshape(-1).clone() for s in samples]
-        for i, (l, x) in enumerate(zip(labels, ids)):
-            if l.shape != x.shape: raise ValueError(f"sample {i}: labels has {l.numel()} entries, input_ids {x.numel()}")
-            l[0] = -100
-        out['labels'] = torch.cat(labels)[None]
+    out = pack_rows([s['input_ids'] for s in samples], [s.get('labels') for s in samples])
     imgs = [s for s in samples if s.get('pixel_values') is not None]
     out['pixel_values'] = torch.cat([s['pixel_values'] for s in imgs]) if imgs else None
     out['grid_thws'] = torch.cat([torch.as_tensor(s['grid_thws']).reshape(-1, 3) for s in imgs]) if imgs else None
     return out
-
-def unpack(x:torch.Tensor, seq_lens) -> list[torch.Tensor]:
-    "Split a packed `[1, T, ...]` output back into its samples."
-    return list(x[0].split(list(seq_lens)))
-
-# %% ../../nbs/11_ovis_model.ipynb #6c647067
-def pack_by_budget(costs, budget) -> list[list[int]]:
-    "Greedy in-order grouping of sample indices into packs whose summed `costs` stay within `budget` (numbers or tuples)."
-    as_t = lambda c: torch.as_tensor(c, dtype=torch.float64).reshape(-1)
-    budget, packs, cur, total = as_t(budget), [], [], None
-    for i, c in enumerate(costs):
-        c = as_t(c)
-        if c.shape != budget.shape: raise ValueError(f"cost of sample {i} has {c.numel()} entries, the budget {budget.numel()}")
-        if cur and bool((total + c > budget).any()): packs.append(cur); cur, total = [], None
-        cur.append(i); total = c if total is None else total + c
-    return packs + [cur] if cur else packs

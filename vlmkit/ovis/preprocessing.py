@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from ..images import load_image, to_rgb
+from ..images import open_image, to_rgb
 
 # %% auto #0
 __all__ = ['IMAGE_PLACEHOLDER', 'IMAGE_PLACEHOLDER_ID', 'VIDEO_PLACEHOLDER', 'VIDEO_PLACEHOLDER_ID', 'VISUAL_ATOM_ID',
@@ -186,7 +186,7 @@ def merge_inputs(raw_ids:list[int], placeholder_id:int, grid_thws, begin_id:int,
 # %% ../../nbs/10_ovis_preprocessing.ipynb #c1862236
 def _as_pil(x, where:str) -> Image.Image:
     if isinstance(x, Image.Image): return x
-    if isinstance(x, (str, Path)): return load_image(x)
+    if isinstance(x, (str, Path)): return open_image(x)
     raise TypeError(f"preprocess_inputs: {where} is a {type(x).__name__}; expected a PIL image or a path")
 
 def collect_visuals(messages:list) -> tuple[list, list]:
