@@ -18,15 +18,15 @@ def transformer_blocks(model:nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 def _pytorch_own(m:nn.Module) -> bool:
-    "Is `m` one of PyTorch's own modules, which Dynamo runs eagerly when it is the compiled call itself?"
+    "Is `m` one of PyTorch's own modules (`nn.LayerNorm`, `nn.Dropout`, `nn.Sequential`...), which compile_blocks leaves to the modules that call them?"
     return type(m).__module__.split('.')[0] == 'torch'
 
 def compile_blocks(model_or_blocks, dynamic:bool=True, whole=(), **compile_kwargs) -> list[nn.Module]:
     "Compile the parts (direct children) of each block, and each module of `whole` as one, in place, with symbolic shapes; returns them."
     blocks = list(model_or_blocks) if isinstance(model_or_blocks, (list, tuple)) else transformer_blocks(model_or_blocks)
     for m in whole:
-        if _pytorch_own(m): raise ValueError(f"{type(m).__name__} is PyTorch's own module, which Dynamo leaves uncompiled when "
-                                            "compiled alone: pass the module that calls it")
+        if _pytorch_own(m): raise ValueError(f"{type(m).__name__} is PyTorch's own module: compiled alone it has nothing to fuse "
+                                            "with (and torch < 2.14 runs it eagerly): pass the module that calls it")
     parts = [p for b in blocks for p in b.children() if not _pytorch_own(p)] + list(whole)
     for p in parts: p.compile(dynamic=dynamic, **compile_kwargs)
     return parts

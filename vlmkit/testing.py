@@ -11,7 +11,8 @@ from pathlib import Path
 __all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'IMAGE_PLACEHOLDERS', 'OVIS_VISUAL_ATOM_ID', 'OVIS_INDICATOR_IDS',
            'fixtures_dir', 'fixture', 'require_fixture', 'chat_template', 'tiny_tokenizer', 'tiny_llm_config',
            'noise_image', 'n_params', 'TinyVLM', 'tiny_internvl', 'tiny_qwen25vl', 'VisualEmbedding', 'TinyNavit',
-           'VisualTokenizer', 'RemoteStyleOvis2_5', 'tiny_remote_ovis25', 'count_calls', 'doc_as_written']
+           'VisualTokenizer', 'RemoteStyleOvis2_5', 'tiny_remote_ovis25', 'count_calls', 'RecordingBackend',
+           'doc_as_written']
 
 # %% ../nbs/03_testing.ipynb #380bdc7d
 def fixtures_dir(start:str|Path|None=None) -> Path|None:
@@ -293,6 +294,14 @@ class count_calls(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.n += func in self.ops
         return func(*args, **(kwargs or {}))
+
+# %% ../nbs/03_testing.ipynb #f2ab1ba6
+class RecordingBackend:
+    "A `torch.compile` backend that keeps each graph Dynamo captures in `.graphs` and runs it as traced (no code generation)."
+    def __init__(self): self.graphs = []
+    def __call__(self, gm:torch.fx.GraphModule, example_inputs):
+        self.graphs.append(gm)
+        return gm.forward
 
 # %% ../nbs/03_testing.ipynb #4e3c1793
 def doc_as_written(sym, name:str|None=None, title_level:int=3):
