@@ -1,4 +1,4 @@
-"""Thinking with a budget, two-phase as the official Ovis2.5 code, but batched: every row of a batch on its own schedule in one decoding loop with a KV cache, plus streaming text.
+"""Ovis2.5's own part of generation: the official two-phase thinking budget as per-row schedules of vlmkit's decode engine, prompts embedded with their visual tokens, and the official `generate` signature.
 
 Docs: https://vlmkit.github.io/vlmkit/ovis_generation.html.md"""
 
@@ -6,20 +6,14 @@ Docs: https://vlmkit.github.io/vlmkit/ovis_generation.html.md"""
 
 # %% ../../nbs/12_ovis_generation.ipynb #dd973c94
 from __future__ import annotations
-import inspect
-from collections import deque
-from dataclasses import dataclass
 import torch
-from transformers import DynamicCache
-from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+import vlmkit.generation as engine
+from ..generation import GenerationHooks, RowSchedule, per_row, prompt_rows, row_schedules, text_positions
 
 # %% auto #0
-__all__ = ['IM_END_ID', 'THINK_END_ID', 'PAD_ID', 'EARLY_STOPPING_TEXT', 'THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'KIND_COLORS',
-           'early_stopping_ids', 'row_budgets', 'check_thinking_budget', 'RowSchedule', 'prompt_rows', 'batch_prompts',
-           'left_pad', 'language_model', 'embed_prompts', 'token_picker', 'decode_steps', 'Generation', 'collect',
-           'make_schedules', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
-           'stream_generate', 'split_thinking']
+__all__ = ['IM_END_ID', 'THINK_END_ID', 'PAD_ID', 'EARLY_STOPPING_TEXT', 'OVIS_HOOKS', 'early_stopping_ids', 'row_budgets',
+           'check_thinking_budget', 'thinking_schedules', 'batch_prompts', 'language_model', 'embed_prompts',
+           'prefill_embeddings', 'BatchDecoder', 'generate', 'stream_generate', 'split_thinking']
 
 # %% ../../nbs/12_ovis_generation.ipynb #73bb1bd4
 IM_END_ID = 151645      # <|im_end|>: ends the assistant turn (the official eos)
@@ -27,7 +21,6 @@ THINK_END_ID = 151668   # </think>
 PAD_ID = 151643         # <|endoftext|>: the official pad token
 EARLY_STOPPING_TEXT = ("\n\nConsidering the limited time by the user, I have to give the solution "
                        "based on the thinking directly now.\n</think>\n\n")
-THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
 
 # %% ../../nbs/12_ovis_generation.ipynb #7619b2b5
 def early_stopping_ids(tokenizer, text:str=EARLY_STOPPING_TEXT) -> list[int]:
@@ -37,9 +30,7 @@ def early_stopping_ids(tokenizer, text:str=EARLY_STOPPING_TEXT) -> list[int]:
 # %% ../../nbs/12_ovis_generation.ipynb #3f759880
 def row_budgets(thinking_budget, n_rows:int) -> list[int|None]:
     "One thinking budget per row from an int (all rows), a sequence (one per row, `None` = no budget) or `None`."
-    budgets = list(thinking_budget) if isinstance(thinking_budget, (list, tuple)) else [thinking_budget] * n_rows
-    if len(budgets) != n_rows:
-        raise ValueError(f"thinking_budget has {len(budgets)} entries for a batch of {n_rows} rows")
+    budgets = per_row(thinking_budget, n_rows, 'thinking_budget')
     for i, b in enumerate(budgets):
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 0):
             raise ValueError(f"thinking_budget[{i}] must be a non-negative int or None, got {b!r}")
@@ -55,46 +46,26 @@ def check_thinking_budget(max_new_tokens:int, thinking_budget, n_stop_ids:int=24
                              f"(thinking_budget={b}): the forced early-stopping text ({n_stop_ids} ids) and the answer need room after the budget")
 
 # %% ../../nbs/12_ovis_generation.ipynb #e2c0d4f1
-class RowSchedule:
-    "One row's generation schedule: its tokens, its thinking budget and the forced early-stopping ids."
-    def __init__(self, budget:int|None, stop_ids, max_new_tokens:int, eos_ids=(IM_END_ID,), thinking:bool=True,
-                 think_end_id:int=THINK_END_ID):
-        self.budget, self.stop_ids, self.max_new_tokens = budget, list(stop_ids), max_new_tokens
-        self.eos_ids, self.thinking, self.think_end_id = set(eos_ids), thinking, think_end_id
-        self.tokens, self.kinds, self.pending = [], [], deque()
-        self.closed = False                  # `</think>` is among the tokens (generated or forced)
-        self.budget_step = None              # step at which the budget ran out and the stop ids were queued
-        self.done = max_new_tokens <= 0
+def _check_max_new_tokens(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise ValueError(f"max_new_tokens must be a non-negative int, got {n!r}")
 
-    def budget_spent(self) -> bool:
-        "True at the step where the official code would end phase 1 and append the early-stopping ids."
-        return len(self.tokens) == self.budget and not self.closed and not self.pending
-
-    def push(self, proposed:int) -> int:
-        "Append the row's next token: the proposal, or a forced early-stopping id. Returns the token taken."
-        if self.done: raise RuntimeError("push on a finished row")
-        if self.budget_spent(): self.pending.extend(self.stop_ids); self.budget_step = len(self.tokens)
-        forced = bool(self.pending)
-        tok = self.pending.popleft() if forced else int(proposed)
-        self.kinds.append(FORCED if forced else ANSWER if (self.closed or not self.thinking) else THOUGHT)
-        self.tokens.append(tok)
-        self.closed = self.closed or tok == self.think_end_id
-        self.done = tok in self.eos_ids or len(self.tokens) >= self.max_new_tokens
-        return tok
+def thinking_schedules(model, n_rows:int, enable_thinking:bool, enable_thinking_budget:bool, thinking_budget,
+                       max_new_tokens:int, eos_token_id, stop_ids=None, think_end_id:int=THINK_END_ID) -> list[RowSchedule]:
+    "One `RowSchedule` per row from the official arguments, after checking the budget rule; stop ids from `model.text_tokenizer` unless given."
+    _check_max_new_tokens(max_new_tokens)
+    budgets = [None] * n_rows
+    if enable_thinking and enable_thinking_budget:
+        if thinking_budget is None:
+            raise ValueError("enable_thinking_budget=True needs a thinking_budget (an int, or one per row with None for no budget)")
+        budgets = row_budgets(thinking_budget, n_rows)
+        if stop_ids is None:
+            tok = getattr(model, 'text_tokenizer', None)
+            if tok is None: raise ValueError(f"{type(model).__name__} has no text_tokenizer: pass stop_ids (the tokenized early-stopping text)")
+            stop_ids = early_stopping_ids(tok)
+        check_thinking_budget(max_new_tokens, budgets, len(stop_ids))
+    return row_schedules(n_rows, max_new_tokens, eos_token_id, budgets, stop_ids or (), enable_thinking, think_end_id)
 
 # %% ../../nbs/12_ovis_generation.ipynb #ff23d359
-def prompt_rows(input_ids, attention_mask=None, pad_token_id:int=PAD_ID) -> list[torch.Tensor]:
-    "The prompt of each row without padding, from a list of 1-D tensors or a `[B, L]` batch (+ mask, else `!= pad_token_id`)."
-    if isinstance(input_ids, (list, tuple)): return [torch.as_tensor(r).reshape(-1) for r in input_ids]
-    if input_ids.ndim == 1: input_ids = input_ids[None]
-    mask = input_ids.ne(pad_token_id) if attention_mask is None else attention_mask.bool()
-    if mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(input_ids.shape)}")
-    rows = [ids[m] for ids, m in zip(input_ids, mask)]
-    for i, r in enumerate(rows):
-        if len(r) == 0: raise ValueError(f"row {i} of input_ids has no prompt tokens (all padding)")
-    return rows
-
 def batch_prompts(samples) -> dict:
     "`input_ids` (one row per sample), `pixel_values` and `grid_thws` of several `(input_ids, pixel_values, grid_thws)` samples."
     samples = list(samples)
@@ -102,14 +73,6 @@ def batch_prompts(samples) -> dict:
     grids = [s[2] for s in samples if s[2] is not None]
     return dict(input_ids=[torch.as_tensor(s[0]).reshape(-1) for s in samples],
                 pixel_values=torch.cat(pvs) if pvs else None, grid_thws=torch.cat(grids) if grids else None)
-
-def left_pad(rows:list[torch.Tensor], pad_value:int) -> tuple[torch.Tensor, torch.Tensor]:
-    "`(ids [B, L], attention_mask [B, L])` with every row right-aligned, so all rows generate at the same column."
-    L = max(len(r) for r in rows)
-    ids = rows[0].new_full((len(rows), L), pad_value)
-    mask = torch.zeros(len(rows), L, dtype=torch.long, device=rows[0].device)
-    for i, r in enumerate(rows): ids[i, L - len(r):], mask[i, L - len(r):] = r, 1
-    return ids, mask
 
 # %% ../../nbs/12_ovis_generation.ipynb #ce28f419
 def language_model(model):
@@ -123,108 +86,28 @@ def embed_prompts(model, ids:torch.Tensor, pixel_values=None, grid_thws=None) ->
         raise ValueError(f"{type(model).__name__} has no merge_multimodal: it cannot take images or placeholder ids (< 0)")
     return language_model(model).get_input_embeddings()(ids)
 
-def _cache_kwarg(llm) -> str:
-    # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version's forward names
-    base = llm.get_base_model() if hasattr(llm, 'get_base_model') else llm  # a PEFT wrapper forwards **kwargs
-    params = inspect.signature(type(base).forward).parameters
-    return 'cache' if 'cache' in params else 'past_key_values'
+def prefill_embeddings(model, ids:torch.Tensor, mask:torch.Tensor, inputs:dict) -> dict:
+    "Ovis2.5's first forward: the padded prompts as embeddings, visual tokens merged in, with text positions."
+    unknown = set(inputs) - {'pixel_values', 'grid_thws'}
+    if unknown: raise ValueError(f"Ovis2.5 prompts take pixel_values and grid_thws, not {sorted(unknown)}")
+    return dict(inputs_embeds=embed_prompts(model, ids, inputs.get('pixel_values'), inputs.get('grid_thws')),
+                position_ids=text_positions(mask))
 
-# %% ../../nbs/12_ovis_generation.ipynb #f155fb93
-def token_picker(do_sample:bool=False, temperature:float=1.0, top_k:int|None=50, top_p:float=1.0,
-                 logits_processor=None, generator:torch.Generator|None=None):
-    "A function `(generated [B, t], logits [B, V]) -> next ids [B]`: greedy, or sampling with transformers' warpers."
-    procs = LogitsProcessorList(logits_processor or [])
-    if do_sample:
-        if not temperature > 0: raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        if temperature != 1.0: procs.append(TemperatureLogitsWarper(temperature))
-        if top_k: procs.append(TopKLogitsWarper(top_k))
-        if top_p < 1.0: procs.append(TopPLogitsWarper(top_p))
-    def pick(generated:torch.Tensor, logits:torch.Tensor) -> torch.Tensor:
-        scores = procs(generated, logits.float()) if procs else logits.float()  # sampled from float32, as transformers does
-        if not do_sample: return scores.argmax(-1)
-        return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
-    return pick
-
-# %% ../../nbs/12_ovis_generation.ipynb #0ce86da8
-@torch.no_grad()
-def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pick, pixel_values=None, grid_thws=None,
-                 pad_token_id:int=PAD_ID):
-    "Decode all rows together with one KV cache; yield `(tokens [B], live [B] bool)` after every step."
-    llm = language_model(model)
-    device = llm.get_input_embeddings().weight.device  # inputs may come from the CPU, as the official examples make them
-    ids, mask = left_pad([r.to(device) for r in rows], pad_token_id)
-    if pixel_values is not None: pixel_values, grid_thws = pixel_values.to(device), grid_thws.to(device)
-    embeds = embed_prompts(model, ids, pixel_values, grid_thws)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = {_cache_kwarg(llm): DynamicCache(config=llm.config)}
-    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **cache)
-    pos = positions[:, -1:]
-    history = ids.new_full((len(rows), max(s.max_new_tokens for s in schedules)), pad_token_id)  # what logits processors see
-    step = 0
-    while not all(s.done for s in schedules):
-        proposal = pick(history[:, :step], out.logits[:, -1]).tolist()
-        live = [not s.done for s in schedules]
-        tokens = torch.tensor([s.push(p) if l else pad_token_id for s, p, l in zip(schedules, proposal, live)], device=ids.device)
-        history[:, step], step = tokens, step + 1
-        yield tokens, torch.tensor(live)
-        if all(s.done for s in schedules): break
-        mask, pos = torch.cat([mask, mask.new_ones(len(rows), 1)], 1), pos + 1
-        out = llm(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **cache)
+OVIS_HOOKS = GenerationHooks(prefill=prefill_embeddings, decoder=language_model)
 
 # %% ../../nbs/12_ovis_generation.ipynb #d4cd940d
-@dataclass
-class Generation:
-    "What `generate(..., return_dict_in_generate=True)` returns."
-    sequences: torch.Tensor        # [B, T] generated ids (prompt excluded), `pad_token_id` after a row's end
-    kinds: torch.Tensor            # [B, T] THOUGHT / FORCED / ANSWER per token, NO_TOKEN on padding
-    budget_steps: list             # per row: the step where its budget ran out and the stop text began, or None
-
-def collect(schedules:list[RowSchedule], pad_token_id:int=PAD_ID, device=None) -> Generation:
-    "Stack the rows' tokens into a right-padded `Generation`."
-    T = max((len(s.tokens) for s in schedules), default=0)
-    seqs = torch.full((len(schedules), T), pad_token_id, dtype=torch.long)
-    kinds = torch.full((len(schedules), T), NO_TOKEN, dtype=torch.long)
-    for i, s in enumerate(schedules):
-        seqs[i, :len(s.tokens)], kinds[i, :len(s.kinds)] = torch.tensor(s.tokens, dtype=torch.long), torch.tensor(s.kinds, dtype=torch.long)
-    return Generation(seqs.to(device), kinds.to(device), [s.budget_step for s in schedules])
-
-def _as_list(x) -> list:
-    return [] if x is None else [int(v) for v in x] if isinstance(x, (list, tuple, set, torch.Tensor)) else [int(x)]
-
-def make_schedules(model, n_rows:int, enable_thinking:bool, enable_thinking_budget:bool, thinking_budget,
-                   max_new_tokens:int, eos_token_id, stop_ids=None, think_end_id:int=THINK_END_ID) -> list[RowSchedule]:
-    "One `RowSchedule` per row, after checking the budget rule; stop ids from `model.text_tokenizer` unless given."
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    budgets = [None] * n_rows
-    if enable_thinking and enable_thinking_budget:
-        if thinking_budget is None:
-            raise ValueError("enable_thinking_budget=True needs a thinking_budget (an int, or one per row with None for no budget)")
-        budgets = row_budgets(thinking_budget, n_rows)
-        if stop_ids is None:
-            tok = getattr(model, 'text_tokenizer', None)
-            if tok is None: raise ValueError(f"{type(model).__name__} has no text_tokenizer: pass stop_ids (the tokenized early-stopping text)")
-            stop_ids = early_stopping_ids(tok)
-        check_thinking_budget(max_new_tokens, budgets, len(stop_ids))
-    return [RowSchedule(b, stop_ids or [], max_new_tokens, _as_list(eos_token_id), enable_thinking, think_end_id) for b in budgets]
-
-class BatchDecoder:
-    "The decoding of a batch as an iterator of `(tokens [B], live [B])` steps; `result()` gives the `Generation`."
+class BatchDecoder(engine.BatchDecoder):
+    "The engine's `BatchDecoder` for Ovis2.5, from the official `generate` arguments: Ovis's prompts, stop ids and thinking budget."
     def __init__(self, model, input_ids, pixel_values=None, grid_thws=None, attention_mask=None, enable_thinking:bool=True,
                  enable_thinking_budget:bool=False, thinking_budget=1024, max_new_tokens:int=1024, do_sample:bool=False,
                  temperature:float=1.0, top_p:float=1.0, top_k:int|None=50, logits_processor=None, generator=None,
                  eos_token_id=IM_END_ID, pad_token_id:int=PAD_ID, stop_ids=None, think_end_id:int=THINK_END_ID):
-        self.model, self.pixel_values, self.grid_thws, self.pad_token_id = model, pixel_values, grid_thws, pad_token_id
-        self.rows = prompt_rows(input_ids, attention_mask, pad_token_id)
-        self.schedules = make_schedules(model, len(self.rows), enable_thinking, enable_thinking_budget, thinking_budget,
-                                        max_new_tokens, eos_token_id, stop_ids, think_end_id)
-        self.pick = token_picker(do_sample, temperature, top_k, top_p, logits_processor, generator)
-
-    def __iter__(self):
-        return decode_steps(self.model, self.rows, self.schedules, self.pick, self.pixel_values, self.grid_thws, self.pad_token_id)
-
-    def result(self) -> Generation:
-        return collect(self.schedules, self.pad_token_id, language_model(self.model).get_input_embeddings().weight.device)
+        rows = prompt_rows(input_ids, attention_mask, pad_token_id)
+        schedules = thinking_schedules(model, len(rows), enable_thinking, enable_thinking_budget, thinking_budget,
+                                       max_new_tokens, eos_token_id, stop_ids, think_end_id)
+        super().__init__(model, rows, schedules=schedules, pad_token_id=pad_token_id, do_sample=do_sample, temperature=temperature,
+                         top_k=top_k, top_p=top_p, logits_processor=logits_processor, generator=generator, hooks=OVIS_HOOKS,
+                         pixel_values=pixel_values, grid_thws=grid_thws)
 
 @torch.no_grad()
 def generate(model, input_ids, pixel_values=None, grid_thws=None, attention_mask=None, enable_thinking:bool=True,
@@ -233,81 +116,17 @@ def generate(model, input_ids, pixel_values=None, grid_thws=None, attention_mask
              eos_token_id=IM_END_ID, pad_token_id:int=PAD_ID, streamer=None, stop_ids=None,
              think_end_id:int=THINK_END_ID, return_dict_in_generate:bool=False):
     "Ovis2.5 generation with the official two-phase thinking budget, every row of the batch on its own schedule."
-    dec = BatchDecoder(model, input_ids, pixel_values, grid_thws, attention_mask, enable_thinking, enable_thinking_budget,
+    out = BatchDecoder(model, input_ids, pixel_values, grid_thws, attention_mask, enable_thinking, enable_thinking_budget,
                        thinking_budget, max_new_tokens, do_sample, temperature, top_p, top_k, logits_processor, generator,
-                       eos_token_id, pad_token_id, stop_ids, think_end_id)
-    # transformers' streamers take the prompt first (skipped with skip_prompt=True); Ovis's prompt goes in as embeddings
-    if streamer is not None: streamer.put(torch.zeros(len(dec.rows), 0, dtype=torch.long))
-    for tokens, live in dec:
-        if streamer is not None: streamer.put(tokens.cpu())
-    if streamer is not None: streamer.end()
-    out = dec.result()
+                       eos_token_id, pad_token_id, stop_ids, think_end_id).run(streamer)
     return out if return_dict_in_generate else out.sequences
 
-# %% ../../nbs/12_ovis_generation.ipynb #9fd6fe86
-KIND_COLORS = {NO_TOKEN: '#ffffff', THOUGHT: '#9ecae1', FORCED: '#fd8d3c', ANSWER: '#74c476'}
-
-def plot_timeline(gen:Generation, labels=None, ax=None, title:str='generation timeline'):
-    "Per-row timeline of a `Generation`: thought / forced stop text / answer per step, budget exhaustion marked."
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-    if ax is None: _, ax = plt.subplots(figsize=(10, 0.45 * len(gen.kinds) + 1.2))
-    order = [NO_TOKEN, THOUGHT, FORCED, ANSWER]
-    ax.imshow((gen.kinds.cpu() + 1).numpy(), aspect='auto', interpolation='nearest', vmin=0, vmax=3,
-              cmap=ListedColormap([KIND_COLORS[k] for k in order]))
-    for i in range(len(gen.kinds) - 1): ax.axhline(i + 0.5, color='white', lw=2)
-    for i, step in enumerate(gen.budget_steps):
-        if step is not None: ax.plot([step - 0.5] * 2, [i - 0.45, i + 0.45], color='k', lw=2)
-    ax.set_yticks(range(len(gen.kinds)), labels if labels is not None else [f'row {i}' for i in range(len(gen.kinds))])
-    ax.set_xlabel('decoding step'); ax.set_title(title)
-    names = {THOUGHT: 'thought', FORCED: 'forced stop text', ANSWER: 'answer'}
-    ax.legend(handles=[Patch(color=KIND_COLORS[k], label=n) for k, n in names.items()], loc='upper left',
-              bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return ax
-
-# %% ../../nbs/12_ovis_generation.ipynb #516775d8
-class IncrementalDecoder:
-    "Turns one row's tokens into text pieces as they arrive; a piece is held back while it ends in half a character."
-    def __init__(self, tokenizer, **decode_kwargs):
-        self.tokenizer, self.decode_kwargs = tokenizer, decode_kwargs
-        self.ids, self.sent = [], 0
-
-    def push(self, token:int) -> str:
-        "Add a token; return the new complete text (may be empty)."
-        self.ids.append(int(token))
-        text = self.tokenizer.decode(self.ids, **self.decode_kwargs)
-        if text.endswith('\ufffd'): return ''
-        piece, self.sent = text[self.sent:], len(text)
-        if text.endswith('\n'): self.ids, self.sent = [], 0   # a line is final: keep decoding cost per token flat
-        return piece
-
-    def flush(self) -> str:
-        "Whatever is still held back (at the end of the row)."
-        piece = self.tokenizer.decode(self.ids, **self.decode_kwargs)[self.sent:]
-        self.ids, self.sent = [], 0
-        return piece
-
 # %% ../../nbs/12_ovis_generation.ipynb #e3117f8c
-def stream_text(decoder:BatchDecoder, tokenizer, skip_special_tokens:bool=False):
-    "Run `decoder`, yielding `(row, text)` pieces as its rows decode; `decoder.result()` holds the ids afterwards."
-    pieces = [IncrementalDecoder(tokenizer, skip_special_tokens=skip_special_tokens) for _ in decoder.rows]
-    for tokens, live in decoder:
-        for i in live.nonzero()[:, 0].tolist():
-            piece = pieces[i].push(tokens[i])
-            if decoder.schedules[i].done: piece += pieces[i].flush()
-            if piece: yield i, piece
-
 def stream_generate(model, input_ids, tokenizer=None, skip_special_tokens:bool=False, **kwargs):
-    "Yield `(row, text)` pieces as the rows of a batch decode; `kwargs` as in `generate` (no `streamer`)."
-    return stream_text(BatchDecoder(model, input_ids, **kwargs), tokenizer or model.text_tokenizer, skip_special_tokens)
+    "Yield `(row, text)` pieces as the rows of a batch decode; `kwargs` as in `generate` (no `streamer`), `tokenizer` defaults to `model.text_tokenizer`."
+    return engine.stream_text(BatchDecoder(model, input_ids, **kwargs), tokenizer or model.text_tokenizer, skip_special_tokens)
 
 # %% ../../nbs/12_ovis_generation.ipynb #22792475
-def split_thinking(text:str, drop_early_stopping:bool=False) -> tuple[str, str]:
-    "`(thinking, answer)` of a generation's text, cut at the last `</think>`; both stripped."
-    head, sep, answer = text.rpartition('</think>')
-    if not sep: return (text.split('<think>', 1)[1].strip(), '') if '<think>' in text else ('', text.strip())
-    thinking = head.split('<think>', 1)[-1].strip()
-    forced = EARLY_STOPPING_TEXT.split('</think>')[0].strip()
-    if drop_early_stopping and thinking.endswith(forced): thinking = thinking[:-len(forced)].strip()
-    return thinking, answer.strip()
+def split_thinking(text:str, drop_early_stopping:bool=False, early_stopping_text:str=EARLY_STOPPING_TEXT) -> tuple[str, str]:
+    "`(thinking, answer)` of an Ovis2.5 generation's text, cut at the last `</think>`; both stripped."
+    return engine.split_thinking(text, drop_early_stopping, early_stopping_text)
