@@ -131,7 +131,8 @@ def split_inputs(inputs:dict, input_ids, attention_mask=None, pad_token_id:int|N
         if v is None: continue
         if not isinstance(v, (torch.Tensor, list, tuple)):
             raise TypeError(f"{k}={v!r} is not a model input (a tensor): misspelt argument?")
-        if isinstance(input_ids, (list, tuple)) and isinstance(v, (list, tuple)):
+        if isinstance(input_ids, (list, tuple)) and isinstance(v, (list, tuple)) and len(v) == len(input_ids) \
+                and all(torch.as_tensor(r).numel() == torch.as_tensor(x).numel() for r, x in zip(v, input_ids)):
             rowwise[k] = [torch.as_tensor(r).reshape(-1) for r in v]
         elif isinstance(v, torch.Tensor) and not isinstance(input_ids, (list, tuple)) and v.shape == input_ids.shape and v.ndim == 2:
             mask = input_ids.ne(pad_token_id) if attention_mask is None else attention_mask.bool()
@@ -147,7 +148,7 @@ def batch_inputs(samples, pad_token_id:int) -> dict:
     out = dict(input_ids=ids, attention_mask=mask)
     for k in dict.fromkeys(k for s in samples for k in s if k not in ('input_ids', 'attention_mask')):
         vals = [s.get(k) for s in samples]
-        if all(torch.as_tensor(v).numel() == len(r) for v, r in zip(vals, rows) if v is not None) and all(v is not None for v in vals):
+        if all(v is not None and torch.as_tensor(v).shape == torch.as_tensor(s['input_ids']).shape for v, s in zip(vals, samples)):
             out[k] = left_pad([torch.as_tensor(v).reshape(-1) for v in vals], 0)[0]   # aligned with the tokens
         elif any(v is not None for v in vals): out[k] = torch.cat([v for v in vals if v is not None])
     return out
