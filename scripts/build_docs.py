@@ -7,9 +7,16 @@ With Quarto installed, `nbdev-docs` works on the same `nbs/` unchanged.
 Notebook outputs come from `_build/executed/` (written by the notebook tests); a notebook not executed yet is
 run here first. `#| gpu` and `#| slow` cells are never executed by the docs build: they are marked
 `#| eval: false` in the staged copy, so nbdev's doc processors leave them alone too.
+
+The site works opened from files (`file://`): API cross-references are relative links to this build's pages, and
+search reads its index from `search.js` where the browser refuses to fetch `search.json` from a file.
 """
-import shutil, sys, argparse, importlib.util
+import os, re, json, shutil, sys, argparse, importlib.util
 from pathlib import Path
+
+# Progress bars of loads and saves inside notebook cells are noise in the pages (huggingface_hub's documented
+# switch, which transformers reads when imported); a user's own session keeps them.
+os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 from fastcore.nbio import write_nb
 from nbdev.process import NBProcessor
 
@@ -57,8 +64,75 @@ def stage(execute_missing=True):
                 runner.run_notebook(src, sorted(NEVER_EXEC), [], done)
         write_nb(mark_unexecutable(NBProcessor(done, rm_directives=False, process=True).nb), STAGE/src.name)
 
+def local_links(cache:Path, nbs=NBS) -> int:
+    """Point the API cross-references nbdev wrote at this build's own pages, relative (`02_video.html#sym`), in every
+    processed notebook of `cache`. nbdev writes them absolute, under its doc host and its page names (the notebook's
+    name without its number, as its Quarto build names pages); this build names a page after its notebook. A private
+    name (`_scratch`) has no API entry to point at, so its mention stays plain code. Returns the links rewritten."""
+    from urllib.parse import urljoin
+    from nbdev.config import get_config, nbpath2html
+    cfg = get_config()
+    base = urljoin(urljoin(cfg.doc_host + '/', cfg.doc_baseurl) + '/', 'x.html')[:-len('x.html')]  # as nbdev joins them
+    pages = {nbpath2html(nb.relative_to(nbs)).as_posix(): nb.relative_to(nbs).with_suffix('.html').as_posix()
+             for nb in nbs.glob('*.ipynb')}
+    link = re.compile(r'(?<=[("])' + re.escape(base) + r'([\w/.-]+\.html)(?=[#)"\\])')
+    private = re.compile(r'\[(`[^`\]]+`)\]\(' + re.escape(base) + r'[\w/.-]+\.html#_[^)]*\)')
+    n = 0
+    def local(m):
+        nonlocal n
+        if m.group(1) not in pages: return m.group(0)  # not a page of ours: the site's link check reports it
+        n += 1
+        return pages[m.group(1)]
+    for f in cache.glob('*.ipynb'):
+        text = f.read_text(encoding='utf-8')
+        new = link.sub(local, private.sub(r'\1', text))
+        if new != text: f.write_text(new, encoding='utf-8')
+    return n
+
+SEARCH_FROM_FILES = r"""<script>
+// Search on a site opened from files: browsers refuse fetch() of search.json from file://, so the index is also
+// shipped as search.js (a script, which file:// pages may load), handed to the search code as fetch's answer.
+(() => {
+  if (location.protocol !== "file:") return;
+  const fetch0 = window.fetch.bind(window);
+  window.fetch = (url, ...rest) => {
+    const u = String(url instanceof Request ? url.url : url);
+    if (!/(^|\/)search\.json$/.test(u)) return fetch0(url, ...rest);
+    const answer = () => new Response(JSON.stringify(window.vlmkitSearchIndex), {headers: {"Content-Type": "application/json"}});
+    if (window.vlmkitSearchIndex) return Promise.resolve(answer());
+    return new Promise((resolve, reject) => {
+      const s = document.createElement("script");
+      s.src = u.replace(/search\.json$/, "search.js");
+      s.onload = () => window.vlmkitSearchIndex ? resolve(answer()) : reject(new TypeError("search.js set no index"));
+      s.onerror = () => reject(new TypeError("search.js did not load"));
+      document.head.appendChild(s);
+    });
+  };
+})();
+</script>"""
+
+def stage_config(stage_dir=STAGE):
+    """Site settings of the staged copy: every page gets the script that lets search work from `file://` (a header
+    include in `_quarto.yml`), and a `site-url` that is no URL (nbdev writes `/` where pyproject names no
+    Documentation host) is dropped, so no sitemap lists pages under a host that does not exist."""
+    import yaml
+    qy, ny = stage_dir/'_quarto.yml', stage_dir/'nbdev.yml'
+    cfg = yaml.safe_load(qy.read_text()) or {}
+    fmt = cfg.setdefault('format', {}).setdefault('html', {})
+    inc = fmt.get('include-in-header') or []
+    fmt['include-in-header'] = [*(inc if isinstance(inc, list) else [inc]), {'text': SEARCH_FROM_FILES}]
+    qy.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    meta = yaml.safe_load(ny.read_text()) or {}
+    if not re.match(r'https?://', str(meta.get('website', {}).get('site-url', ''))):
+        meta.get('website', {}).pop('site-url', None)
+        ny.write_text(yaml.safe_dump(meta, sort_keys=False))
+
+def write_search_script(site:Path):
+    "`search.js`: the site's `search.json` as a script that sets `window.vlmkitSearchIndex`."
+    entries = json.loads((site/'search.json').read_text(encoding='utf-8'))
+    (site/'search.js').write_text('window.vlmkitSearchIndex = ' + json.dumps(entries) + ';\n', encoding='utf-8')
+
 def build(execute_missing=True):
-    import os
     from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar
     from nbdev.serve import proc_nbs
     from nbdev.doclinks import _build_modidx
@@ -67,13 +141,16 @@ def build(execute_missing=True):
     nbdev_sidebar.__wrapped__(path=NBS)
     _build_modidx()
     stage(execute_missing)
+    stage_config()
     cache = proc_nbs(str(STAGE), n_workers=0, force=True)
+    print(f'{local_links(cache)} API cross-references point at this build\'s pages')
     from smalldocs.site import build as smalldocs_build
     site = smalldocs_build(str(cache), quiet=True)
     for w in site.warnings: print(f'warning: {w}', file=sys.stderr)
     built = cache/'_docs'
     if OUT.exists(): shutil.rmtree(OUT)
     shutil.move(str(built), str(OUT))
+    write_search_script(OUT)
     print(f'docs site written to {OUT}')
     return OUT
 

@@ -1,4 +1,9 @@
+import os
 import pytest
+
+# Tests and the notebooks they run load and save tiny checkpoints; their progress bars would only fill the executed
+# notebooks (and so the docs pages) with noise. huggingface_hub's documented switch, read by transformers on import.
+os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'docs: checks of the rendered documentation site (run last)')

@@ -1,7 +1,9 @@
 """Every kind of bad or unusual image file gives the result documented in nbs/01_images.ipynb.
 
 The files are generated in pytest's tmp_path; each test names the kind it covers."""
-import io, struct, zlib
+import gc, io, os, struct, warnings, zlib
+from contextlib import contextmanager
+from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
@@ -223,10 +225,59 @@ def test_result_is_a_fresh_image(tmp_path):
     out.putpixel((0, 0), (1, 2, 3))
     assert img.getpixel((0, 0)) != (1, 2, 3)
 
+def _fds_on(path) -> list[str]:
+    "This process's open file descriptors that point at `path` (Linux's /proc/self/fd; skips where there is none)."
+    fds = Path('/proc/self/fd')
+    if not fds.is_dir(): pytest.skip('needs /proc/self/fd (Linux) to list open file descriptors')
+    target, found = os.path.realpath(path), []
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == target: found.append(fd.name)
+        except OSError: pass   # the descriptor that listed the folder is gone by now
+    return found
+
+@contextmanager
+def _unclosed_files():
+    "The ResourceWarnings ('unclosed file') of files that were garbage-collected open inside the block."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', ResourceWarning)
+        found = []
+        yield found
+        gc.collect()
+    found += [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+def _two_frame_gif(path):
+    "Pillow keeps a multi-frame file open after load() (to seek to other frames) until the image is closed."
+    a, b = _photo(), synthetic_image(4, size=(64, 48), n_objects=1)[0]
+    a.save(path, save_all=True, append_images=[b])
+    return path
+
+def test_open_handles_are_seen(tmp_path):
+    "The checks of test_file_is_closed can fail: a handle left open shows up, and so does one closed only by the GC."
+    p, gif = _save(_photo(), tmp_path/'x.png'), _two_frame_gif(tmp_path/'two.gif')
+    assert _fds_on(p) == []
+    with open(p, 'rb'): assert len(_fds_on(p)) == 1
+    with _unclosed_files() as unclosed:
+        leaked = Image.open(gif); leaked.load()
+        assert len(_fds_on(gif)) == 1
+        del leaked
+    assert _fds_on(gif) == [] and len(unclosed) == 1 and 'two.gif' in unclosed[0]
+
 def test_file_is_closed(tmp_path):
-    p = _save(_photo(), tmp_path/'x.png')
-    load_image(p)
-    p.unlink()   # would fail on some platforms if a handle were left open; the pixels are already in memory
+    "load_image closes the file itself, whether it returns or raises: no descriptor stays open, none is left to the GC."
+    ok = [_save(_photo(), tmp_path/'x.png'), _two_frame_gif(tmp_path/'two.gif')]
+    cut = tmp_path/'cut.png'; cut.write_bytes(ok[0].read_bytes()[:ok[0].stat().st_size // 2])
+    text = tmp_path/'notes.jpg'; text.write_text('not a JPEG')
+    bad = [(cut, {}), (ok[0], dict(max_pixels=100)), (text, {})]
+    with _unclosed_files() as unclosed:
+        images = [load_image(p) for p in ok]
+        errors = []
+        for p, kw in bad:
+            with pytest.raises(ImageLoadError) as e: load_image(p, **kw)
+            errors.append(e.value)   # its traceback keeps load_image's frame, and a file it left open, alive
+        for p in ok + [cut, text]: assert _fds_on(p) == [], p
+        del images, errors
+    assert unclosed == []
 
 def test_lazy_pil_image_of_a_truncated_file_names_the_file(tmp_path):
     "A PIL image the caller opened lazily is decoded by load_image; its truncation error names the file."

@@ -1,37 +1,43 @@
-"""Every notebook in `nbs/` is a test: its cells run as `nbdev-test` runs them (cells flagged with `tst_flags`
-skipped), one pytest item per notebook, so the notebook tests are counted in pytest's summary.
+"""Every notebook in `nbs/` is a test: its code cells run in order as `nbdev-test` runs them, one pytest item per
+notebook, so the notebook tests are counted in pytest's summary. Cells flagged with one of the `tst_flags` of
+settings (`#| gpu`, `#| slow`) are skipped unless VLMKIT_TEST_FLAGS names the flag (e.g. 'gpu slow' on a GPU box).
 
 Each executed notebook is also written to `_build/executed/`, so the docs build shows real outputs (plots,
 images) without running the notebooks a second time."""
 import os, time
 from pathlib import Path
-import pytest
+import nbformat, pytest
+from nbformat.v4 import new_code_cell, new_notebook
 from execnb.shell import CaptureShell
 from fastcore.nbio import write_nb
 from nbdev.config import get_config
 from nbdev.process import NBProcessor
-from nbdev.test import _skip_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
 EXECUTED = ROOT/'_build'/'executed'
 
-def notebook_flags():
-    "Cells flagged `tst_flags` are skipped unless VLMKIT_TEST_FLAGS names them (e.g. 'gpu slow' on a GPU box)."
+def notebook_flags() -> tuple[list[str], list[str]]:
+    "The flags whose cells are skipped (`tst_flags` of the nbdev settings) and those VLMKIT_TEST_FLAGS forces back in."
     skip = get_config(ROOT).tst_flags.split()
     force = os.environ.get('VLMKIT_TEST_FLAGS', '').split()
     assert {'gpu', 'slow'} <= set(skip)
     return skip, force
 
-def run_notebook(path:Path, skip_flags, force_flags, out:Path|None=None):
-    "Run `path` like `nbdev.test.test_nb`; on success write the executed notebook to `out`."
+def skipped(cell, flags:set[str]) -> bool:
+    "Is `cell` left out: not code, or flagged with one of `flags` (`#| gpu`, as nbdev parses it into `directives_`)?"
+    return cell.cell_type != 'code' or bool(flags & cell.directives_.keys())
+
+def run_notebook(path:Path, skip_flags, force_flags=(), out:Path|None=None):
+    "Run the code cells of `path`, less those flagged with `skip_flags` but not `force_flags`, stopping at the first error; on success write the executed notebook to `out`."
+    flags = set(skip_flags) - set(force_flags)
     nb = NBProcessor(path, rm_directives=False, process=True).nb
     shell = CaptureShell(path)
     cwd, prev = os.getcwd(), os.environ.get('IN_TEST')
     os.environ['IN_TEST'] = '1'
     try:
         os.chdir(path.parent)
-        shell.run_all(nb, exc_stop=True, preproc=_skip_cell(nb, skip_flags, force_flags), cell_timeout=600)
+        shell.run_all(nb, exc_stop=True, preproc=lambda cell: skipped(cell, flags), cell_timeout=600)
     except Exception:
         raise AssertionError(f"{path.name} failed:\n{shell.prettytb(fname=path) or ''}") from None
     finally:
@@ -43,5 +49,18 @@ def run_notebook(path:Path, skip_flags, force_flags, out:Path|None=None):
 
 @pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
 def test_notebook(nb):
-    skip, force = notebook_flags()
-    run_notebook(nb, skip, force, EXECUTED/nb.name)
+    run_notebook(nb, *notebook_flags(), EXECUTED/nb.name)
+
+def test_flagged_cells_are_skipped_unless_named(tmp_path, monkeypatch):
+    "A `#| gpu` or `#| slow` cell that would fail is skipped by default and run when VLMKIT_TEST_FLAGS names its flag."
+    nb = new_notebook(cells=[new_code_cell('x = 1'), new_code_cell('#| gpu\nraise RuntimeError("gpu cell ran")'),
+                             new_code_cell('#|slow\nraise RuntimeError("slow cell ran")'), new_code_cell('assert x == 1')])
+    path = tmp_path/'flags.ipynb'; nbformat.write(nb, path)
+    monkeypatch.delenv('VLMKIT_TEST_FLAGS', raising=False)
+    run_notebook(path, *notebook_flags())
+    for flag in 'gpu', 'slow':
+        monkeypatch.setenv('VLMKIT_TEST_FLAGS', flag)
+        with pytest.raises(AssertionError, match=f'{flag} cell ran'): run_notebook(path, *notebook_flags())
+    # the project's own flagged cells are seen as flagged too
+    cells = [c for p in NBS for c in NBProcessor(p, rm_directives=False).nb.cells]
+    for flag in 'gpu', 'slow': assert any(skipped(c, {flag}) and c.cell_type == 'code' for c in cells), flag
