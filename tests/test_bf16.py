@@ -6,7 +6,8 @@
 * `bf16-default`: built *and run* under `torch.set_default_dtype(torch.bfloat16)`, as a GPU script does (every tensor
   created without a dtype, cached ones included, is bf16 there), fp32 weights loaded.
 
-and checks a forward, a packed forward + backward, and one LoRA step (`vlmkit.lora` preset `llm`, gradient
+and checks a forward, a packed forward + backward (Qwen2.5-VL through `vlmkit.qwen.packing`: per-sample M-RoPE positions),
+and one LoRA step (`vlmkit.lora` preset `llm`, gradient
 checkpointing). Outputs are finite and close to fp32: bf16 keeps 8 significant bits (rounding error 2**-9 relative),
 and through the tiny models' two vision and two language layers logits and gradients land within 1.4% of the fp32
 values' largest magnitude, losses within 0.01% (measured); the tolerances are `BF16_TOL` = 5% and `BF16_LOSS_TOL` = 1%.
@@ -21,6 +22,8 @@ from vlmkit.testing import tiny_internvl, tiny_qwen25vl, noise_image
 from vlmkit.attention import register_varlen_attention
 from vlmkit.lora import apply_lora, train_step, gradient_problems
 from vlmkit.ovis.modeling import Ovis2_5, tiny_ovis25_config, random_sample, pack_samples, bicubic_weights
+from vlmkit.qwen.processing import qwen_processor
+from vlmkit.qwen.packing import pack_mrope, enable_packing
 
 BF16_TOL = 0.05        # |bf16 - fp32| <= BF16_TOL * max|fp32| for logits and gradients (measured: <= 1.4%)
 BF16_LOSS_TOL = 0.01   # |bf16 - fp32| <= BF16_LOSS_TOL * fp32 for losses (measured: <= 0.01%)
@@ -73,12 +76,20 @@ def samples(family:str) -> list[dict]:
         return [{k: v for k, v in s.items() if v is not None} for s in out]
     vlm = _vlm(family)
     image_id = vlm.model.config.image_token_id
-    out = [_labelled(vlm.inputs(MSGS, [noise_image(i, size)]), image_id) for i, size in [(1, (64, 64)), (2, (120, 60))]]
-    return out + [_labelled(vlm.inputs(TEXT_ONLY), image_id)]
+    inputs = _qwen_inputs if family == 'qwen2_5_vl' else vlm.inputs
+    out = [_labelled(inputs(MSGS, [noise_image(i, size)]), image_id) for i, size in [(1, (64, 64)), (2, (120, 60))]]
+    return out + [_labelled(inputs(TEXT_ONLY), image_id)]
+
+def _qwen_inputs(messages, images=()) -> dict:
+    "transformers' Qwen2.5-VL processor output (with `mm_token_type_ids`, so the model computes its 3-D positions itself)."
+    vlm = _vlm('qwen2_5_vl')
+    proc = qwen_processor(vlm.image_processor, vlm.tokenizer)
+    return dict(proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=list(images) or None, return_tensors='pt'))
 
 def pack(family:str, rows:list[dict]) -> dict:
-    "One padding-free row with per-sample position ids: `pack_samples` for Ovis, the same layout for InternVL."
+    "One padding-free row with per-sample position ids: `pack_samples` for Ovis, `pack_mrope` for Qwen2.5-VL, Ovis's layout for InternVL."
     if family == 'ovis2_5': return {k: v for k, v in pack_samples(rows).items() if k != 'seq_lens'}
+    if family == 'qwen2_5_vl': return pack_mrope(rows, _vlm(family).model.config)
     labels = [r['labels'][0].clone() for r in rows]
     for l in labels: l[0] = -100  # no sample is trained to follow the previous one
     return dict(input_ids=torch.cat([r['input_ids'][0] for r in rows])[None], labels=torch.cat(labels)[None],
@@ -86,8 +97,8 @@ def pack(family:str, rows:list[dict]) -> dict:
                 pixel_values=torch.cat([r['pixel_values'] for r in rows if 'pixel_values' in r]))
 
 def packable(family:str, model):
-    "`model` set up for packed rows (Ovis: always; InternVL: its LLM through vlmkit's varlen attention), or a skip."
-    if family == 'qwen2_5_vl': pytest.skip("vlmkit has no packed Qwen2.5-VL path yet (3-D rope positions per sample: issue 15 item 3)")
+    "`model` set up for packed rows (Ovis: always; InternVL: its LLM through vlmkit's varlen attention; Qwen2.5-VL: `enable_packing`)."
+    if family == 'qwen2_5_vl': return enable_packing(model)
     if family == 'internvl3_5': model.set_attn_implementation({'text_config': register_varlen_attention()})
     return model
 
@@ -107,13 +118,11 @@ def reference(family:str) -> dict:
     with torch.no_grad():
         logits = model(**inputs).logits
         lora_loss = model(**inputs, labels=train_labels(inputs)).loss.item()  # LoRA starts as the identity (B = 0)
-    out = dict(state=state, logits=logits, lora_loss=lora_loss)
-    if family != 'qwen2_5_vl':
-        model = packable(family, model).train()
-        loss = model(**pack(family, samples(family))).loss
-        loss.backward()
-        out |= dict(packed_loss=loss.item(), grads={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    return out
+    model = packable(family, model).train()
+    loss = model(**pack(family, samples(family))).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return dict(state=state, logits=logits, lora_loss=lora_loss, packed_loss=loss.item(), grads=grads)
 
 def build(family:str, mode:str) -> torch.nn.Module:
     "The reference weights in a model of `mode` (call inside `dtype_mode(mode)`)."
