@@ -62,6 +62,22 @@ def test_qwen_without_token_types_follows_transformers():
     batch = batch_inputs(samples, vlm.tokenizer.pad_token_id)
     assert torch.equal(generate(vlm.model, **batch, max_new_tokens=12, hooks=hooks), transformers_new_tokens(vlm.model, batch, max_new_tokens=12))
 
+def test_qwen_processor_batch_left_or_right_padded():
+    "A batch straight from Qwen's own processor (`mm_token_type_ids` included): transformers' ids, whichever side it pads."
+    from vlmkit.qwen.processing import tiny_qwen
+    model, proc = tiny_qwen()
+    texts = [proc.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in CONVERSATIONS]
+    images = [im for _, ims in CONVERSATIONS for im in ims]
+    proc.tokenizer.padding_side = 'left'
+    left = proc(text=texts, images=images, return_tensors='pt', padding=True)
+    assert 'mm_token_type_ids' in left
+    ours = generate(model, **left, max_new_tokens=12, hooks=ROPE_INDEX_HOOKS)
+    assert torch.equal(ours, transformers_new_tokens(model, left, max_new_tokens=12))
+    proc.tokenizer.padding_side = 'right'
+    right = proc(text=texts, images=images, return_tensors='pt', padding=True)
+    assert not torch.equal(right['input_ids'], left['input_ids'])
+    assert torch.equal(generate(model, **right, max_new_tokens=12, hooks=ROPE_INDEX_HOOKS), ours)
+
 def test_eos_ends_rows_like_transformers(fp32):
     "A stop id that ends some rows early (others run to the end): same ids and same pad filling as transformers."
     vlm, samples, hooks = fp32
