@@ -9,9 +9,9 @@ from transformers import TextIteratorStreamer, TextStreamer
 from vlmkit.testing import fixture, require_fixture, tiny_tokenizer, noise_image
 from vlmkit.ovis.modeling import Ovis2_5, tiny_ovis25_config
 from vlmkit.ovis.preprocessing import preprocess_inputs
-from vlmkit.ovis.generation import (EARLY_STOPPING_TEXT, FORCED, IM_END_ID, NO_TOKEN, PAD_ID, THINK_END_ID, BatchDecoder, IncrementalDecoder,
-                                    batch_prompts, check_thinking_budget, early_stopping_ids, generate, split_thinking,
-                                    stream_generate, stream_text)
+from vlmkit.generation import FORCED, NO_TOKEN, IncrementalDecoder, stream_text
+from vlmkit.ovis.generation import (EARLY_STOPPING_TEXT, IM_END_ID, PAD_ID, THINK_END_ID, BatchDecoder, batch_prompts,
+                                    check_thinking_budget, early_stopping_ids, generate, split_thinking, stream_generate)
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 def _case_names():

@@ -293,7 +293,7 @@ def _tiny(seed=0, vocab=300):
 
 def _two_prompts(vocab=300):
     "Two left-padded prompts with images of different sizes: rows, padded ids and mask, images."
-    from vlmkit.ovis.generation import left_pad
+    from vlmkit.generation import left_pad
     g = torch.Generator().manual_seed(1)
     a, b = random_sample((8, 8), 12, vocab=vocab, generator=g), random_sample((4, 8), 5, vocab=vocab, generator=g)
     rows = [a['input_ids'][0], b['input_ids'][0]]
