@@ -145,12 +145,12 @@ def test_packing_without_text_row_or_varlen_leaks():
 
 def test_borders_found_once_per_forward(monkeypatch):
     "The hook reads the borders once; the attention layers then never derive them from positions themselves."
-    import vlmkit.attention as attention
+    import vlmkit.attention as attention, vlmkit.packing as core_packing  # the hook takes its borders from vlmkit.packing
     model, _ = tiny()
     enable_packing(enable_packing(model))  # idempotent: one hook
     calls = {'hook': 0, 'layers': 0}
     def counted(key, f): return lambda *a, **k: (calls.__setitem__(key, calls[key] + 1), f(*a, **k))[1]
-    monkeypatch.setattr(packing, 'cu_seqlens_from_position_ids', counted('hook', packing.cu_seqlens_from_position_ids))
+    monkeypatch.setattr(core_packing, 'cu_seqlens_from_position_ids', counted('hook', core_packing.cu_seqlens_from_position_ids))
     monkeypatch.setattr(attention, 'cu_seqlens_from_position_ids', counted('layers', attention.cu_seqlens_from_position_ids))
     with torch.no_grad(): model(**pack_mrope(samples(), model.config))
     assert calls == {'hook': 1, 'layers': 0}

@@ -5,7 +5,8 @@
 # %% ../../nbs/26_qwen_packing.ipynb #9fc9e6ec
 from __future__ import annotations
 import torch
-from ..attention import VARLEN_IMPL, cu_seqlens_from_position_ids, host_to_device, register_varlen_attention
+from ..attention import VARLEN_IMPL, cu_seqlens_from_position_ids, register_varlen_attention
+from ..packing import pack_rows, packed_attention_kwargs
 
 # %% auto #0
 __all__ = ['VISUAL_KEYS', 'rope_positions', 'pack_mrope', 'packed_lengths', 'enable_packing']
@@ -68,16 +69,9 @@ def pack_mrope(samples, config) -> dict:
         _check_pixels(s, i)
         try: rope.append(rope_positions(x, config, s.get('image_grid_thw'), s.get('video_grid_thw'), s.get('second_per_grid_ts')))
         except ValueError as e: raise ValueError(f"sample {i}: {e}") from None
-    text = torch.cat([torch.arange(len(x)) for x in ids])
-    out = dict(input_ids=torch.cat(ids)[None], position_ids=torch.cat([text[None], torch.cat(rope, 1)])[:, None])
-    with_labels = [s.get('labels') is not None for s in samples]
-    if any(with_labels):
-        if not all(with_labels): raise ValueError(f"labels given for samples {[i for i, w in enumerate(with_labels) if w]} only; give all or none")
-        labels = [torch.as_tensor(s['labels']).reshape(-1).clone() for s in samples]
-        for i, (l, x) in enumerate(zip(labels, ids)):
-            if l.shape != x.shape: raise ValueError(f"sample {i}: labels has {l.numel()} entries, input_ids {x.numel()}")
-            l[0] = -100  # the previous sample's last token predicts nothing
-        out['labels'] = torch.cat(labels)[None]
+    out = pack_rows(ids, [s.get('labels') for s in samples])  # ids, text positions, labels: as for every family
+    del out['seq_lens']
+    out['position_ids'] = torch.cat([out['position_ids'], torch.cat(rope, 1)])[:, None]  # text row, then t, h, w
     for key in VISUAL_KEYS:
         parts = [torch.as_tensor(s[key]) for s in samples if s.get(key) is not None]
         if parts: out[key] = torch.cat([p.reshape(-1) if key == 'second_per_grid_ts' else p for p in parts])
@@ -97,10 +91,7 @@ def _packed_borders(module, args, kwargs):
     if module.config._attn_implementation != VARLEN_IMPL: return None
     cache = kwargs.get('cache', kwargs.get('past_key_values'))
     if cache is not None and cache.get_seq_length() > 0: return None
-    cu = cu_seqlens_from_position_ids(pos[0].cpu())
-    longest = int(cu.diff().max())
-    cu = host_to_device(cu, pos.device)
-    return args, kwargs | dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    return args, kwargs | packed_attention_kwargs(pos[0])
 
 def enable_packing(model):
     "`model` (Qwen2.5-VL, PEFT-wrapped or not) set up for `pack_mrope` rows: language model on vlmkit's varlen attention, borders once per forward."
