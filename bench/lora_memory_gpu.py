@@ -14,6 +14,7 @@ A case that fails for another reason than running out of memory makes the script
 
     python bench/lora_memory_gpu.py            # on the GPU
     python bench/lora_memory_gpu.py --tiny     # CPU smoke test: same path and table, bf16, tiny shapes
+    python bench/lora_memory_gpu.py --cases ovis2_5,internvl3_5   # some cases only (llm, ovis2_5, internvl3_5)
 """
 import argparse, gc, json, os, time, warnings
 import torch
@@ -49,7 +50,7 @@ def build(case, S, dev):
         with torch.device(dev): model = Qwen3ForCausalLM(Qwen3Config(**S['llm'], attn_implementation='sdpa'))
         ids = torch.randint(0, min(V, 150000), (1, S['ovis_grid'] ** 2 // 4 + T), generator=g)  # the Ovis case's length
         return model, to(dict(input_ids=ids, attention_mask=torch.ones_like(ids))), ids.to(dev)
-    if case == 'ovis':
+    if case == 'ovis2_5':
         from vlmkit.ovis.modeling import Ovis2_5ForConditionalGeneration, tiny_ovis25_config, VISUAL_ATOM_ID, INDICATOR_IDS
         cfg = tiny_ovis25_config(llm=dict(S['llm'], max_window_layers=S['llm']['num_hidden_layers']), vit=S['ovis_vit'],
                                  visual_vocab_size=S['visual_vocab'])
@@ -60,7 +61,7 @@ def build(case, S, dev):
         pv = torch.randn(h * w, 3 * 16 * 16, generator=g).to(torch.get_default_dtype())
         inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, grid_thws=torch.tensor([[1, h, w]]))
         return model, to(inputs), ids.masked_fill(ids < 0, -100).to(dev)
-    if case == 'internvl':
+    if case == 'internvl3_5':
         from transformers import InternVLConfig, InternVLForConditionalGeneration
         img_tok, start, end = V - 3, V - 2, V - 1
         cfg = InternVLConfig(vision_config=S['internvl_vit'], text_config=dict(model_type='qwen3', **S['llm']),
@@ -74,6 +75,8 @@ def build(case, S, dev):
         inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv)
         return model, to(inputs), ids.masked_fill(ids == img_tok, -100).to(dev)
 
+CASES = {'llm': 'Qwen3-8B-shaped LLM alone', 'ovis2_5': 'Ovis2.5-9B-shaped (native vlmkit)',
+         'internvl3_5': 'InternVL3.5-8B-shaped (transformers)'}  # --cases value: its row's label
 LLM_ALONE = r'model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)'
 
 def recipe(name, model, S):
@@ -127,10 +130,12 @@ def measure(case, name, S, dev, steps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--tiny', action='store_true')
-    ap.add_argument('--cases', default='llm,ovis,internvl')
+    ap.add_argument('--cases', default=','.join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     ap.add_argument('--steps', type=int, default=3)
     ap.add_argument('--json', default=None)
     a = ap.parse_args()
+    unknown = [c for c in a.cases.split(',') if c not in CASES]
+    if unknown: ap.error(f"--cases: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(CASES)}")
     S = SHAPES['tiny' if a.tiny else 'full']
     dev = 'cpu' if a.tiny or not torch.cuda.is_available() else 'cuda'
     torch.set_default_dtype(torch.bfloat16 if dev == 'cuda' or a.tiny else torch.float32)
@@ -150,12 +155,12 @@ def main():
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n| model ({card}) | tokens | plain peak GiB | vlmkit peak GiB | peak ratio | plain s/step | vlmkit s/step | time ratio | step-1 loss plain / vlmkit |")
     print("|---|---|---|---|---|---|---|---|---|")
-    label = {'llm': 'Qwen3-8B-shaped LLM alone', 'ovis': 'Ovis2.5-9B-shaped (native vlmkit)', 'internvl': 'InternVL3.5-8B-shaped (transformers)'}
     for case in a.cases.split(','):
+        label = CASES[case]
         p, v = [next(r for r in rows if r['case'] == case and r['recipe'] == n) for n in ('plain', 'vlmkit')]
         if 'error' in p or 'error' in v:
-            print(f"| {label[case]} | | {p.get('error', round(p.get('peak_gib', 0), 1))} | {v.get('error', round(v.get('peak_gib', 0), 1))} | | | | | |"); continue
-        print(f"| {label[case]} | {p['tokens']:,} | {p['peak_gib']:.1f} | {v['peak_gib']:.1f} | {v['peak_gib']/p['peak_gib']:.2f} | "
+            print(f"| {label} | | {p.get('error', round(p.get('peak_gib', 0), 1))} | {v.get('error', round(v.get('peak_gib', 0), 1))} | | | | | |"); continue
+        print(f"| {label} | {p['tokens']:,} | {p['peak_gib']:.1f} | {v['peak_gib']:.1f} | {v['peak_gib']/p['peak_gib']:.2f} | "
               f"{p['s_per_step']:.2f} | {v['s_per_step']:.2f} | {v['s_per_step']/p['s_per_step']:.2f} | {p['first_loss']:.4f} / {v['first_loss']:.4f} |")
     if a.json: json.dump(dict(card=card, rows=rows), open(a.json, 'w'), indent=1)
     failed = [f"{r['case']}/{r['recipe']}: {r['error']}" for r in rows if r.get('error', 'OOM') != 'OOM']

@@ -96,21 +96,21 @@ def _check_round_trip(syntax, boxes, labs):
     assert all(f.space == SYNTAXES[syntax].space for f in r.found)
 
 @many
-@given(syntax_boxes('ovis'))
-def test_ovis_format_parse_identity(case): _check_round_trip('ovis', *case)
+@given(syntax_boxes('ovis2_5'))
+def test_ovis_format_parse_identity(case): _check_round_trip('ovis2_5', *case)
 
 @many
-@given(syntax_boxes('internvl'))
-def test_internvl_format_parse_identity(case): _check_round_trip('internvl', *case)
+@given(syntax_boxes('internvl3_5'))
+def test_internvl_format_parse_identity(case): _check_round_trip('internvl3_5', *case)
 
 @many
-@given(syntax_boxes('qwen'))
-def test_qwen_format_parse_identity(case): _check_round_trip('qwen', *case)
+@given(syntax_boxes('qwen2_5_vl'))
+def test_qwen_format_parse_identity(case): _check_round_trip('qwen2_5_vl', *case)
 
 @many
-@given(st.sampled_from(['ovis', 'qwen']), st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 1000)), min_size=1, max_size=4), st.data())
+@given(st.sampled_from(['ovis2_5', 'qwen2_5_vl']), st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 1000)), min_size=1, max_size=4), st.data())
 def test_points_format_parse_identity(syntax, pts, data):
-    scale = 1000 if syntax == 'ovis' else 1
+    scale = 1000 if syntax == 'ovis2_5' else 1
     pts = [[x / scale, y / scale] for x, y in pts]
     labs = data.draw(st.lists(labels, min_size=len(pts), max_size=len(pts)))
     r = parse_boxes(format_points(pts, syntax, labels=labs), syntax)

@@ -26,7 +26,7 @@ CONVERSATIONS = [(user(IMAGE, text('What is in the picture?')), [noise_image(0)]
 def build(family:str, dtype=torch.float32, token_types:bool=True):
     """A tiny model with an output head of its own (tiny InternVL ties it to the embeddings and would only repeat its
     last token), its four samples and the engine hooks it needs."""
-    vlm = (tiny_internvl if family == 'internvl' else tiny_qwen25vl)(seed=2)
+    vlm = (tiny_internvl if family == 'internvl3_5' else tiny_qwen25vl)(seed=2)
     torch.manual_seed(2)
     vlm.model.lm_head.weight = torch.nn.Parameter(torch.randn_like(vlm.model.lm_head.weight))
     vlm.model.to(dtype)
@@ -38,7 +38,7 @@ def build(family:str, dtype=torch.float32, token_types:bool=True):
             samples = [{**s, 'mm_token_type_ids': (s['input_ids'] == vlm.model.config.image_token_id).long()} for s in samples]
     return vlm, samples, hooks
 
-@pytest.fixture(scope='module', params=['internvl', 'qwen2_5_vl'])
+@pytest.fixture(scope='module', params=['internvl3_5', 'qwen2_5_vl'])
 def fp32(request):
     return build(request.param)
 
@@ -47,7 +47,7 @@ def transformers_new_tokens(model, inputs, **kw):
 
 # ---------------------------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
-@pytest.mark.parametrize('family', ['internvl', 'qwen2_5_vl'])
+@pytest.mark.parametrize('family', ['internvl3_5', 'qwen2_5_vl'])
 def test_greedy_equals_transformers_generate(family, dtype):
     "A left-padded batch of four prompts: the engine's greedy ids equal transformers' `generate`, token for token."
     vlm, samples, hooks = build(family, dtype)
@@ -94,7 +94,7 @@ def test_eos_ends_rows_like_transformers(fp32):
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
 def test_seeded_sampling_equals_transformers(dtype):
     "Sampling from float32 scores with transformers' warpers: under the same seed, the same ids as transformers' sampling."
-    for family in ('internvl', 'qwen2_5_vl'):
+    for family in ('internvl3_5', 'qwen2_5_vl'):
         vlm, samples, hooks = build(family, dtype)
         batch = batch_inputs(samples, vlm.tokenizer.pad_token_id)
         for kw in (dict(), dict(temperature=0.7, top_k=20, top_p=0.9)):

@@ -18,7 +18,7 @@ MSGS = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text':
         {'role': 'assistant', 'content': '<ref>red square</ref><box>[[10, 20, 300, 400]]</box>'}]
 LLM_NAMES = ('self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj')
 # Written out here, independently of vlmkit.lora.LAYOUTS, so the test checks the table rather than restating it.
-PATHS = {'internvl': ('model.language_model', ['model.vision_tower', 'model.multi_modal_projector']),
+PATHS = {'internvl3_5': ('model.language_model', ['model.vision_tower', 'model.multi_modal_projector']),
          'qwen2_5_vl': ('model.language_model', ['model.visual']),
          'ovis2_5': ('llm.model', ['visual_tokenizer', 'vte'])}
 
@@ -33,10 +33,10 @@ def native_ovis(seed=0):
 def build(name, seed=0):
     "(model, inputs) for a family: the tiny model and one chat sample with an image."
     if name == 'native_ovis': return native_ovis(seed)
-    vlm = {'internvl': tiny_internvl, 'qwen2_5_vl': tiny_qwen25vl, 'remote_ovis': tiny_remote_ovis25}[name](seed)
+    vlm = {'internvl3_5': tiny_internvl, 'qwen2_5_vl': tiny_qwen25vl, 'remote_ovis': tiny_remote_ovis25}[name](seed)
     return vlm.model, vlm.inputs(MSGS, [noise_image(1, (64, 64))])
 
-FAMILIES = ['internvl', 'qwen2_5_vl', 'remote_ovis', 'native_ovis']
+FAMILIES = ['internvl3_5', 'qwen2_5_vl', 'remote_ovis', 'native_ovis']
 def family_of(name): return 'ovis2_5' if 'ovis' in name else name
 
 @pytest.mark.parametrize('name', FAMILIES)
@@ -71,10 +71,10 @@ def test_checkpointed_backward_reload_and_merge(name, tmp_path):
     with torch.no_grad(): assert (merged(**inp).logits - ref).abs().max().item() < 1e-5
     assert not [n for n, _ in merged.named_parameters() if 'lora_' in n]
 
-@pytest.mark.parametrize('name', ['internvl', 'qwen2_5_vl'])
+@pytest.mark.parametrize('name', ['internvl3_5', 'qwen2_5_vl'])
 def test_export_merged_loads_with_the_family_loader(name, tmp_path):
     from transformers import AutoTokenizer, AutoImageProcessor, AutoModelForImageTextToText
-    vlm = {'internvl': tiny_internvl, 'qwen2_5_vl': tiny_qwen25vl}[name]()
+    vlm = {'internvl3_5': tiny_internvl, 'qwen2_5_vl': tiny_qwen25vl}[name]()
     inp = vlm.inputs(MSGS, [noise_image(1, (64, 64))])
     pm = apply_lora(vlm.model, 'llm', r=4, verbose=False)
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
@@ -82,7 +82,7 @@ def test_export_merged_loads_with_the_family_loader(name, tmp_path):
     pm.eval()
     with torch.no_grad(): ref = pm(**inp).logits
     merged = export_merged(pm, tmp_path, vlm.tokenizer, vlm.image_processor).eval()
-    base = {'internvl': tiny_internvl, 'qwen2_5_vl': tiny_qwen25vl}[name]().model.eval()
+    base = {'internvl3_5': tiny_internvl, 'qwen2_5_vl': tiny_qwen25vl}[name]().model.eval()
     with torch.no_grad(): assert (base(**inp).logits - ref).abs().max() > 1e-3  # the adapter changed something
     for f in ['config.json', 'model.safetensors', 'tokenizer.json', 'chat_template.jinja', 'preprocessor_config.json']:
         assert (tmp_path/f).exists(), f
@@ -164,7 +164,7 @@ def test_native_ovis_projector_adapters_take_part(preset):
     train_step(pm, inp, opt)
     assert gradient_problems(pm) == dict(lora_without_grad=[], frozen_with_grad=[])
 
-@pytest.mark.parametrize('name', ['internvl', 'qwen2_5_vl', 'remote_ovis'])
+@pytest.mark.parametrize('name', ['internvl3_5', 'qwen2_5_vl', 'remote_ovis'])
 def test_presets_partition_the_model(name):
     model, _ = build(name)
     parts = {p: set(select_targets(model, p)) for p in ['llm', 'llm+vision', 'llm+projector', 'all']}

@@ -254,7 +254,7 @@ def test_box_round_trip_within_half_a_resized_pixel(w, h, data):
     resized = convert_boxes(box, 'pixel', 'resized_pixel', size=(w, h), resized_size=rs)
     if np.floor(resized[0, 2] + 0.5) == np.floor(resized[0, 0] + 0.5) or np.floor(resized[0, 3] + 0.5) == np.floor(resized[0, 1] + 0.5):
         return  # too thin to survive integer rounding: format_boxes refuses empty boxes
-    parsed = parse_boxes(format_boxes(resized, 'qwen'), 'qwen', resized_size=rs)
+    parsed = parse_boxes(format_boxes(resized, 'qwen2_5_vl'), 'qwen2_5_vl', resized_size=rs)
     assert parsed.rejected == []
     back = convert_boxes(parsed.boxes, 'resized_pixel', 'pixel', size=(w, h), resized_size=rs)
     bound = 0.5 * np.array([w / rs[0], h / rs[1]] * 2)

@@ -154,16 +154,19 @@ class BoxSyntax:
     label_key: str = 'label'
 
 SYNTAXES = {
-    'ovis':     BoxSyntax('ovis', 'unit', integers=False, decimals=3, point=('<point>', '</point>'), box_body='pairs'),
-    'internvl': BoxSyntax('internvl', 'k1000', integers=True, box_body='lists'),
-    'qwen':     BoxSyntax('qwen', 'resized_pixel', integers=True, kind='json'),
+    'ovis2_5':     BoxSyntax('ovis2_5', 'unit', integers=False, decimals=3, point=('<point>', '</point>'), box_body='pairs'),
+    'internvl3_5': BoxSyntax('internvl3_5', 'k1000', integers=True, box_body='lists'),
+    'qwen2_5_vl':  BoxSyntax('qwen2_5_vl', 'resized_pixel', integers=True, kind='json'),
 }
+_RENAMED = {'ovis': 'ovis2_5', 'internvl': 'internvl3_5', 'qwen': 'qwen2_5_vl'}  # earlier short names: only for the error's hint
 
 def get_syntax(syntax:str|BoxSyntax) -> BoxSyntax:
-    "The `BoxSyntax` for a family name ('ovis', 'internvl', 'qwen') or the syntax itself."
+    "The `BoxSyntax` for a family name ('ovis2_5', 'internvl3_5', 'qwen2_5_vl') or the syntax itself."
     if isinstance(syntax, BoxSyntax): return syntax
     try: return SYNTAXES[syntax]
-    except KeyError: raise ValueError(f"unknown box syntax {syntax!r}; expected one of {list(SYNTAXES)}") from None
+    except KeyError: pass
+    hint = f" ({syntax!r} is now {_RENAMED[syntax]!r})" if syntax in _RENAMED else ''
+    raise ValueError(f"unknown box syntax {syntax!r}; expected one of {list(SYNTAXES)}{hint}")
 
 # %% ../nbs/00_boxes.ipynb #e59cd062
 @dataclass(frozen=True)
@@ -339,7 +342,7 @@ def _parse_json(text:str, sx:BoxSyntax, size, resized_size) -> tuple[list, list]
     return found, rejected
 
 def parse_boxes(text:str, syntax:str|BoxSyntax, size=None, resized_size=None) -> Parsed:
-    "Every box and point in `text` written in `syntax` ('ovis', 'internvl', 'qwen'), in that syntax's space; never raises on text."
+    "Every box and point in `text` written in `syntax` ('ovis2_5', 'internvl3_5', 'qwen2_5_vl'), in that syntax's space; never raises on text."
     sx = get_syntax(syntax)
     if not isinstance(text, str): raise TypeError(f"parse_boxes: text must be a str, got {type(text).__name__}")
     found, rejected = (_parse_json if sx.kind == 'json' else _parse_tags)(text, sx, size, resized_size)

@@ -30,7 +30,7 @@ class Layout:
     placeholders: tuple = ()         # (visual atom id, indicator ids) where ids < 0 mark visual positions
 
 LAYOUTS = (
-    Layout('internvl', lm='', decoder='model.language_model', vision='model.vision_tower', projector='model.multi_modal_projector'),
+    Layout('internvl3_5', lm='', decoder='model.language_model', vision='model.vision_tower', projector='model.multi_modal_projector'),
     Layout('qwen2_5_vl', lm='', decoder='model.language_model', vision='model.visual', projector='model.visual.merger'),
     Layout('ovis2_5', lm='llm', decoder='llm.model', vision='visual_tokenizer.vit', projector='visual_tokenizer.head',
            never=('vte',), placeholders=(-300, (-301, -302, -303, -304))),

@@ -64,7 +64,7 @@ PLAIN_ADDED_TOKENS = ['<tool_call>', '</tool_call>', '<think>', '</think>']
 
 # %% ../nbs/03_testing.ipynb #aaa6883d
 IMAGE_PLACEHOLDERS = {'qwen2_5_vl': ('<|vision_start|><|image_pad|><|vision_end|>', '<|vision_start|><|video_pad|><|vision_end|>'),
-                      'internvl': ('<IMG_CONTEXT>\n', '<video>\n'),
+                      'internvl3_5': ('<IMG_CONTEXT>\n', '<video>\n'),
                       'ovis2_5': ('<image>', '<video>')}
 
 def chat_template(family:str='qwen2_5_vl') -> str:
@@ -93,7 +93,7 @@ def tiny_tokenizer(family:str='qwen2_5_vl'):
     tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
     # InternVL's processor reads its image tokens from these tokenizer attributes, as the -HF checkpoints store them.
     extra = dict(start_image_token='<img>', end_image_token='</img>', context_image_token='<IMG_CONTEXT>',
-                 video_token='<video>') if family == 'internvl' else {}
+                 video_token='<video>') if family == 'internvl3_5' else {}
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token='<|im_end|>', pad_token='<|endoftext|>',
                                    chat_template=chat_template(family), extra_special_tokens=extra, model_max_length=8192)
 

@@ -38,13 +38,13 @@ def tour_tiling(image, max_num:int=12) -> dict:
 def tour_answer(objects:list, size:tuple) -> str:
     "An InternVL-style answer naming every object of a synthetic image, plus one inverted (invalid) box."
     boxes = convert_boxes([o['box'] for o in objects], 'pixel', 'k1000', size)
-    good = format_boxes(boxes, 'internvl', labels=[o['name'] for o in objects])
+    good = format_boxes(boxes, 'internvl3_5', labels=[o['name'] for o in objects])
     return f"I see {good} and <ref>a ghost</ref><box>[[900, 900, 100, 100]]</box>."
 
 def tour_grounding(image, objects:list, font_size:int|None=None) -> dict:
     "Parse `tour_answer` back, check it against the truth, and draw what was found (labels `font_size` pixels high)."
     text = tour_answer(objects, image.size)
-    parsed = parse_boxes(text, 'internvl')
+    parsed = parse_boxes(text, 'internvl3_5')
     found = parsed.boxes_in('pixel', image.size)
     iou = box_iou(found, np.array([o['box'] for o in objects], dtype=float)).diagonal()  # [N, N]: each box against its own truth
     return dict(text=text, parsed=parsed, iou=iou, drawn=draw_parsed(image, parsed, font_size=font_size))
@@ -60,9 +60,9 @@ def simulated_predictions(n:int=50, noise:float=0.15, seed:int=0) -> tuple[list,
         wh = np.tile(box[2:] - box[:2], 2)
         guess = np.clip(box + rng.normal(0, noise, 4) * wh, 0, [320, 240, 320, 240])
         guess = np.concatenate([np.minimum(guess[:2], guess[2:] - 1), np.maximum(guess[2:], guess[:2] + 1)])
-        text = format_boxes(convert_boxes(guess[None], 'pixel', 'k1000', image.size), 'internvl', labels=objs[0]['name'])
+        text = format_boxes(convert_boxes(guess[None], 'pixel', 'k1000', image.size), 'internvl3_5', labels=objs[0]['name'])
         images.append(image); truth.append(box)
-        preds.append(parse_boxes(text, 'internvl').boxes_in('pixel', image.size)[0])
+        preds.append(parse_boxes(text, 'internvl3_5').boxes_in('pixel', image.size)[0])
     return images, np.array(truth), np.array(preds)
 
 def acc_at(truth:np.ndarray, preds:np.ndarray, thresh:float=0.5) -> tuple[float, np.ndarray]:

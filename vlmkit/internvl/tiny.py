@@ -15,7 +15,7 @@ def tiny_internvl(seed:int=0) -> TinyVLM:
     "transformers' `InternVLForConditionalGeneration`, InternVL3.5-shaped (ViT + pixel-shuffle MLP + Qwen3), random weights."
     from transformers import InternVLConfig, InternVLForConditionalGeneration
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-    tok = tiny_tokenizer('internvl')
+    tok = tiny_tokenizer('internvl3_5')
     # 56x56 tiles of 14-pixel patches: 4x4 patches, pixel-shuffled (ratio 0.5) to 4 tokens per tile.
     cfg = InternVLConfig(vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                             image_size=56, patch_size=14),
@@ -28,4 +28,4 @@ def tiny_internvl(seed:int=0) -> TinyVLM:
     def expand(text, feats):
         tiles = feats['num_patches'].tolist() if feats else []
         return expand_placeholders(text, '<IMG_CONTEXT>', tiles, lambda n: '<img>' + '<IMG_CONTEXT>' * (4 * n) + '</img>')
-    return TinyVLM('internvl', model, tok, ip, expand)
+    return TinyVLM('internvl3_5', model, tok, ip, expand)
