@@ -137,7 +137,7 @@ def official_pixels(case:dict, key:str='official_model_card') -> torch.Tensor:
 def _resize_pass(im:Image.Image, size, resample, threads:int, horizontal:bool, put):
     "One pass on the pool, in strips (rows for the horizontal pass, columns for the vertical); `put(offset, strip)`."
     (iw, ih), (ow, oh) = im.size, size
-    cuts = _strips(ih if horizontal else iw, threads)  # more strips than threads measured no faster
+    cuts = _strips(ih if horizontal else iw, threads)  # at most one strip per thread
     def strip(a, b):
         if horizontal: put(a, im.crop((0, a, iw, b)).resize((ow, b - a), resample))
         else: put(a, im.crop((a, 0, b, ih)).resize((b - a, oh), resample))
