@@ -5,6 +5,8 @@
 # %% ../../nbs/10_ovis_preprocessing.ipynb #54fed02a
 from __future__ import annotations
 import json, math, numbers
+from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 import numpy as np
 import torch
@@ -14,9 +16,10 @@ from ..images import open_image, to_rgb
 # %% auto #0
 __all__ = ['IMAGE_PLACEHOLDER', 'IMAGE_PLACEHOLDER_ID', 'VIDEO_PLACEHOLDER', 'VIDEO_PLACEHOLDER_ID', 'VISUAL_ATOM_ID',
            'INDICATOR_IDS', 'DEFAULT_MIN_PIXELS', 'DEFAULT_MAX_PIXELS', 'PATCH_SIZE', 'HIDDEN_STRIDE',
-           'TEMPORAL_PATCH_SIZE', 'PIXEL_LUT', 'smart_resize', 'pixel_lut', 'normalize_patches', 'resize_rgb',
-           'patchify', 'unpatchify', 'preprocess', 'num_visual_tokens', 'load_ovis_tokenizer', 'render_chat',
-           'tokenize_with_visual_placeholder', 'merge_inputs', 'collect_visuals', 'preprocess_inputs']
+           'TEMPORAL_PATCH_SIZE', 'PIXEL_LUT', 'OVIS_CHAT_TEMPLATE', 'smart_resize', 'pixel_lut', 'normalize_patches',
+           'resize_rgb', 'patchify', 'unpatchify', 'preprocess', 'num_visual_tokens', 'load_ovis_tokenizer',
+           'render_chat', 'tokenize_with_visual_placeholder', 'merge_inputs', 'collect_visuals', 'preprocess_inputs',
+           'OvisProcessor']
 
 # %% ../../nbs/10_ovis_preprocessing.ipynb #aabee127
 IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER_ID = "<image>", -200
@@ -159,6 +162,32 @@ def render_chat(tokenizer, messages:list, add_generation_prompt:bool=True, enabl
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
                                          enable_thinking=enable_thinking)
 
+# %% ../../nbs/10_ovis_preprocessing.ipynb #71d88f28
+OVIS_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\n'}}"
+    "{%- if message.role == 'system' or message.role == 'user' %}"
+    "{%- if message.content is string %}{{- message.content | replace('<image>', '') | replace('<video>', '') }}"
+    "{%- else %}{%- for item in message.content %}"
+    "{%- if item.type == 'text' and 'text' in item %}{{- item.text | replace('<image>', '') | replace('<video>', '') }}"
+    "{%- elif item.type == 'image' %}{{- '<image>'}}"
+    "{%- elif item.type == 'video' %}{{- '<video>'}}"
+    "{%- else %}{{- raise_exception('Invalid content type. Supported types for system and user are text, image, video.')}}"
+    "{%- endif %}{%- if not loop.last %}{{- '\n'}}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{%- elif message.role == 'assistant' %}{%- set content = '' %}"
+    "{%- if message.content is string %}{%- set content = message.content | replace('<image>', '') | replace('<video>', '') %}"
+    "{%- else %}{%- for item in message.content %}"
+    "{%- if item.type == 'text' and 'text' in item %}"
+    "{%- set content = content ~ (item.text | replace('<image>', '') | replace('<video>', '')) %}"
+    "{%- else %}{{- raise_exception('Invalid content type. Supported type for assistant is text.')}}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\n') %}{{- content }}"
+    "{%- else %}{{- raise_exception('Invalid role. Supported roles are system, user, assistant.')}}{%- endif %}"
+    "{{- '<|im_end|>\n'}}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}")
+
 # %% ../../nbs/10_ovis_preprocessing.ipynb #a1379f63
 def tokenize_with_visual_placeholder(tokenizer, text:str) -> list[int]:
     "Token ids of `text` with `-200` at each `<image>` (or `-201` at each `<video>` if the text has one), chunks tokenized separately."
@@ -230,3 +259,32 @@ def preprocess_inputs(tokenizer, messages:list, min_pixels:int=DEFAULT_MIN_PIXEL
         raise ValueError(f"preprocess_inputs: the prompt has {IMAGE_PLACEHOLDER}/{VIDEO_PLACEHOLDER} placeholders without a matching "
                          f"image or video item (ids {sorted(leftover)}); every image item needs an 'image' value")
     return torch.tensor(ids, dtype=torch.long)[None], pixel_values, grid_thws
+
+# %% ../../nbs/10_ovis_preprocessing.ipynb #13490c50
+@dataclass(frozen=True)
+class OvisProcessor:
+    "The text tokenizer and pixel budget that turn Ovis2.5 messages into `input_ids`, `pixel_values` and `grid_thws`."
+    tokenizer: Any
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        for name in ('min_pixels', 'max_pixels'):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"OvisProcessor.{name} must be a positive int, got {v!r}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"OvisProcessor: min_pixels={self.min_pixels} > max_pixels={self.max_pixels}")
+        if not callable(getattr(self.tokenizer, 'apply_chat_template', None)):
+            raise TypeError(f"OvisProcessor.tokenizer must be a transformers tokenizer, got {type(self.tokenizer).__name__}")
+
+    def __repr__(self) -> str:
+        return f"OvisProcessor({type(self.tokenizer).__name__} of {len(self.tokenizer)} ids, min_pixels={self.min_pixels}, max_pixels={self.max_pixels})"
+
+    def preprocess(self, image:Image.Image|None=None, video=None) -> tuple[torch.Tensor, torch.Tensor]:
+        "`preprocess` of one image or one video (its frames) with this budget."
+        return preprocess(image, video, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+
+    def preprocess_inputs(self, messages:list, add_generation_prompt:bool=True, enable_thinking:bool=False):
+        "The official `model.preprocess_inputs(messages, ...)` with this tokenizer and budget: `(input_ids [1, L], pixel_values, grid_thws)`."
+        return preprocess_inputs(self.tokenizer, messages, self.min_pixels, self.max_pixels, add_generation_prompt, enable_thinking)
