@@ -22,7 +22,7 @@ def tiny_qwen25vl(seed:int=0) -> TinyVLM:
     cfg = Qwen2_5_VLConfig(text_config=tiny_llm_config(tok, rope_parameters=rope),
                            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                                              fullatt_block_indexes=[1]), **ids)
+                                              fullatt_block_indexes=[1], tokens_per_second=2), **ids)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     ip = Qwen2VLImageProcessorPil(min_pixels=56*56, max_pixels=112*112, patch_size=14, merge_size=2, temporal_patch_size=2)
