@@ -18,9 +18,9 @@ from .prompt import IMG_CONTEXT, IMG_END, IMG_START, hf_processor
 from .tiny import tiny_internvl, tiny_internvl_processor
 
 # %% auto #0
-__all__ = ['INTERNVL_CHAT', 'INTERNVL_IMAGE_TOKENS', 'INTERNVL3_5', 'internvl_image_ids', 'processor_images_kwargs',
-           'tiled_canvas', 'image_tiles', 'video_frames', 'check_internvl_text', 'render_internvl', 'collate_internvl',
-           'enable_internvl_packing', 'load_internvl', 'tiny_internvl_pair']
+__all__ = ['INTERNVL_CHAT', 'INTERNVL_IMAGE_TOKENS', 'INTERNVL3_5', 'internvl_image_ids', 'internvl_images_kwargs',
+           'tiled_canvas', 'internvl_image_tiles', 'internvl_video_frames', 'check_internvl_text', 'render_internvl',
+           'collate_internvl', 'enable_internvl_packing', 'load_internvl', 'tiny_internvl_pair']
 
 # %% ../../nbs/23_internvl_family.ipynb #69e1ac64
 INTERNVL_CHAT = ChatFormat(after_image='\n')  # -HF template: no default system prompt, '<image>\n' per image, items joined with ''
@@ -32,7 +32,7 @@ def internvl_image_ids(processor, n_tiles:int) -> list[int]:
     return ([processor.start_image_token_id] + [processor.image_token_id] * (processor.image_seq_length * n_tiles)
             + [processor.end_image_token_id])
 
-def processor_images_kwargs(processor) -> dict:
+def internvl_images_kwargs(processor) -> dict:
     "The image-processor arguments `InternVLProcessor.__call__` passes (its defaults merged: `crop_to_patches=True`)."
     return processor._merge_kwargs(tokenizer_init_kwargs=processor.tokenizer.init_kwargs)['images_kwargs']
 
@@ -46,16 +46,16 @@ def tiled_canvas(image_processor, size_wh:tuple, images_kwargs:dict) -> tuple[in
     cols, rows = get_optimal_tiled_canvas((size_wh[1], size_wh[0]), (th, tw), get('min_patches'), get('max_patches'))
     return cols * tw, rows * th
 
-def image_tiles(processor, image) -> tuple[torch.Tensor, tuple[int, int]]:
+def internvl_image_tiles(processor, image) -> tuple[torch.Tensor, tuple[int, int]]:
     "`(pixel_values [tiles, 3, S, S], tiled canvas (w, h))` of a PIL image, preprocessed as `InternVLProcessor` does it."
-    kw = processor_images_kwargs(processor)
+    kw = internvl_images_kwargs(processor)
     feats = processor.image_processor(images=[image], **kw, return_tensors='pt')
     return feats['pixel_values'], tiled_canvas(processor.image_processor, image.size, kw)
 
 # %% ../../nbs/23_internvl_family.ipynb #26c85a63
 def _resolve(src:str, root) -> str: return src if root is None or os.path.isabs(src) else os.path.join(os.fspath(root), src)
 
-def video_frames(processor, video:VideoRef, root=None) -> torch.Tensor:
+def internvl_video_frames(processor, video:VideoRef, root=None) -> torch.Tensor:
     "`[frames, 3, H, W]` of `video` (a file, or its frames) through the processor's video processor (`InternVLVideoProcessor`)."
     vp = getattr(processor, 'video_processor', None)
     if vp is None:
@@ -108,11 +108,11 @@ def render_internvl(conv:Conversation, processor, training:bool=False, root=None
         try:
             if isinstance(p.visual, ImageRef):
                 image = p.visual.load(root)
-                pv, canvas = image_tiles(processor, image)
+                pv, canvas = internvl_image_tiles(processor, image)
                 pieces.append(p); spans.append(internvl_image_ids(processor, len(pv)))
                 sizes.append(image.size); canvases.append(canvas)
             else:
-                pv = video_frames(processor, p.visual, root)
+                pv = internvl_video_frames(processor, p.visual, root)
                 for f in range(len(pv)):   # 'Frame1: <img>..</img>\nFrame2: ...', then the template's '\n'
                     pieces += [Piece(('\n' if f else '') + f'Frame{f + 1}: '), Piece(visual=p.visual)]
                     spans.append(internvl_image_ids(processor, 1))
