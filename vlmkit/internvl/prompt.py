@@ -4,6 +4,7 @@
 
 # %% ../../nbs/21_internvl_prompt.ipynb #6dfbc0b7
 from __future__ import annotations
+import functools, json
 from pathlib import Path
 import torch
 from .tiling import TOKENS_PER_TILE, load_image
@@ -11,7 +12,7 @@ from .tiling import TOKENS_PER_TILE, load_image
 # %% auto #0
 __all__ = ['IMG_START', 'IMG_END', 'IMG_CONTEXT', 'IMAGE_PLACEHOLDER', 'DEFAULT_SYSTEM_MESSAGE', 'HF_IMAGE_TOKENS',
            'image_tokens', 'expand_images', 'video_prefix', 'chat_prompt', 'video_chat_prompt', 'internvl_tokenizer',
-           'build_inputs', 'hf_processor', 'to_hf_text']
+           'build_inputs', 'internvl_processor', 'hf_processor', 'to_hf_text']
 
 # %% ../../nbs/21_internvl_prompt.ipynb #9db639c0
 IMG_START, IMG_END, IMG_CONTEXT = '<img>', '</img>', '<IMG_CONTEXT>'
@@ -81,21 +82,37 @@ def build_inputs(tokenizer, question:str, images=(), history=None, system_messag
                 pixel_values=torch.cat(pvs) if pvs else None, num_tiles=num_tiles)
 
 # %% ../../nbs/21_internvl_prompt.ipynb #1f9460a3
-def hf_processor(path, backend:str='pil'):
-    "transformers' `InternVLProcessor` for InternVL3.5-HF settings from local files; `backend` 'pil' or 'torchvision'."
-    import transformers
+@functools.cache
+def _image_only_class():
+    "transformers' `InternVLProcessor` without its video processor (which needs torchvision): images and text."
     from transformers import InternVLProcessor
+    class ImageOnlyInternVLProcessor(InternVLProcessor):
+        @classmethod
+        def get_attributes(cls): return ['image_processor', 'tokenizer']
+    return ImageOnlyInternVLProcessor
+
+def internvl_processor(image_processor, tokenizer, image_seq_length:int=256, chat_template:str|None=None, video_processor=None):
+    "transformers' `InternVLProcessor` over these parts (images and text only without `video_processor`); the tokenizer's chat template by default."
+    from transformers import InternVLProcessor
+    chat_template = chat_template if chat_template is not None else getattr(tokenizer, 'chat_template', None)
+    kw = dict(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=image_seq_length, chat_template=chat_template)
+    if video_processor is not None: return InternVLProcessor(video_processor=video_processor, **kw)
+    return _image_only_class()(**kw)
+
+def hf_processor(path, backend:str='pil'):
+    "transformers' `InternVLProcessor` for InternVL3.5-HF settings from local files; `backend` 'pil' or 'torchvision'; videos where torchvision is installed."
+    import transformers
+    from transformers.utils import is_torchvision_available
+    path = Path(path)
     cls = dict(pil='GotOcr2ImageProcessorPil', torchvision='GotOcr2ImageProcessor')[backend]
     image_processor = getattr(transformers, cls).from_pretrained(str(path))
-    chat_template = (Path(path)/'chat_template.jinja').read_text() if (Path(path)/'chat_template.jinja').exists() else None
-    try: return InternVLProcessor(image_processor=image_processor, tokenizer=internvl_tokenizer(path), image_seq_length=256,
-                                  chat_template=chat_template)
-    except AttributeError:  # transformers without torchvision cannot resolve the video-processor class
-        class ImageOnlyInternVLProcessor(InternVLProcessor):
-            @classmethod
-            def get_attributes(cls): return ['image_processor', 'tokenizer']
-        return ImageOnlyInternVLProcessor(image_processor=image_processor, tokenizer=internvl_tokenizer(path),
-                                          image_seq_length=256, chat_template=chat_template)
+    chat_template = (path/'chat_template.jinja').read_text() if (path/'chat_template.jinja').exists() else None
+    config = json.loads((path/'processor_config.json').read_text()) if (path/'processor_config.json').exists() else {}
+    video_processor = None
+    if is_torchvision_available() and (path/'video_preprocessor_config.json').exists():
+        video_processor = transformers.AutoVideoProcessor.from_pretrained(str(path))
+    return internvl_processor(image_processor, internvl_tokenizer(path), config.get('image_seq_length', 256), chat_template,
+                              video_processor)
 
 # %% ../../nbs/21_internvl_prompt.ipynb #c4f7f00d
 def to_hf_text(prompt:str) -> str:

@@ -5,10 +5,11 @@
 # %% ../../nbs/22_internvl_tiny.ipynb #faa38983
 from __future__ import annotations
 import torch
+from .prompt import internvl_processor
 from ..testing import TinyVLM, expand_placeholders, tiny_llm_config, tiny_tokenizer
 
 # %% auto #0
-__all__ = ['tiny_internvl']
+__all__ = ['tiny_internvl', 'tiny_internvl_processor']
 
 # %% ../../nbs/22_internvl_tiny.ipynb #507052a2
 def tiny_internvl(seed:int=0) -> TinyVLM:
@@ -29,3 +30,8 @@ def tiny_internvl(seed:int=0) -> TinyVLM:
         tiles = feats['num_patches'].tolist() if feats else []
         return expand_placeholders(text, '<IMG_CONTEXT>', tiles, lambda n: '<img>' + '<IMG_CONTEXT>' * (4 * n) + '</img>')
     return TinyVLM('internvl3_5', model, tok, ip, expand)
+
+# %% ../../nbs/22_internvl_tiny.ipynb #a1fc8f8e
+def tiny_internvl_processor(vlm:TinyVLM):
+    "transformers' `InternVLProcessor` over a tiny InternVL's tokenizer and `GotOcr2ImageProcessorPil`: `image_seq_length` 4 tokens per 56x56 tile."
+    return internvl_processor(vlm.image_processor, vlm.tokenizer, image_seq_length=vlm.model.config.image_seq_length)
