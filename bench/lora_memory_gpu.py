@@ -82,10 +82,11 @@ LLM_ALONE = r'model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up
 def recipe(name, model, S):
     "(peft model, loss function of (inputs, labels))."
     from peft import LoraConfig, get_peft_model
-    from vlmkit.lora import apply_lora, select_targets, targets_regex, detect_layout
+    from vlmkit.lora import apply_lora, select_targets, targets_regex
+    from vlmkit.family import family_of
     from vlmkit.loss import causal_lm_loss
     r = S['r']
-    try: detect_layout(model); vlm = True
+    try: family_of(model); vlm = True
     except ValueError: vlm = False  # the LLM alone
     if name == 'plain':
         targets = targets_regex(model, select_targets(model, 'llm')) if vlm else LLM_ALONE

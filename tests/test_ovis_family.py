@@ -1,5 +1,5 @@
 """Ovis2.5 family adapter: every official fixture case rendered through `OVIS2_5`, the released tiny checkpoint loaded by
-`load`, videos, bad input, and the thinking budget through `Family.generate`."""
+`load_ovis`, videos, bad input, and the thinking budget through `Family.generate`."""
 import json
 import pytest
 import torch
@@ -7,12 +7,12 @@ from vlmkit.conversation import Conversation, ConversationError, ImageRef, ToolC
 from vlmkit.family import FAMILIES, family_of
 from vlmkit.images import ImageLoadError
 from vlmkit.testing import fixture, noise_image, require_fixture
-from vlmkit.ovis.family import OVIS2_5, collate, render, show_ids, generation_kwargs
+from vlmkit.ovis.family import OVIS2_5, collate_ovis, render_ovis, show_ids, ovis_generation_kwargs
 from vlmkit.ovis.generation import generate as ovis_generate
 from vlmkit.ovis.preprocessing import INDICATOR_IDS, OvisProcessor, load_ovis_tokenizer
 
 @pytest.fixture(scope='module')
-def tiny():
+def tiny_ovis():
     return OVIS2_5.tiny()
 
 @pytest.fixture(scope='module')
@@ -38,12 +38,12 @@ def as_template_writes(messages):
 
 @pytest.mark.parametrize('case', _cases(), ids=[c['name'] for c in _cases()])
 def test_render_equals_official_fixture(case, real):
-    "ids, grids and pixel values of `render` = what the official `preprocess_inputs` returned (template reductions applied to the history)."
+    "ids, grids and pixel values of `render_ovis` = what the official `preprocess_inputs` returned (template reductions applied to the history)."
     root = require_fixture('ovis25/ovis25_cases.json').parent
     rec = torch.load(root/'ovis25_cases.pt', weights_only=True)['cases'][case['name']]
     conv = Conversation.from_messages(as_template_writes(case['messages']))
     proc = OvisProcessor(real.tokenizer, case['min_pixels'], case['max_pixels'])
-    r = render(conv, proc, thinking=case['enable_thinking'], root=root)
+    r = render_ovis(conv, proc, thinking=case['enable_thinking'], root=root)
     assert r.input_ids.tolist() == case['input_ids'] == rec['input_ids'][0].tolist()
     if rec['grid_thws'] is None: assert r.visual == {}; return
     assert torch.equal(r.visual['grid_thws'], rec['grid_thws'])
@@ -56,13 +56,13 @@ def test_history_as_written_not_as_template():
     case = next((c for c in _cases() if c['name'] == 'text_only_multiturn_system'), None)
     if case is None: pytest.skip('ovis25_cases.json absent')
     tok = load_ovis_tokenizer(require_fixture('tokenizers/qwen3_ovis25'))
-    r = render(Conversation.from_messages(case['messages']), OvisProcessor(tok), thinking=False)
+    r = render_ovis(Conversation.from_messages(case['messages']), OvisProcessor(tok), thinking=False)
     text = tok.decode(r.input_ids)
     assert '<think>\nAdd them.\n</think>\n\n2+3 = 5.<|im_end|>' in text and 'literal <image> tag' in text
     assert text.replace('<think>\nAdd them.\n</think>\n\n', '').replace('<image>', '') == case['prompt_text']
 
 def test_load_official_checkpoint_logits():
-    "`load` reads the official tiny checkpoint; its forward on a rendered fixture prompt gives the official last logits."
+    "`load_ovis` reads the official tiny_ovis checkpoint; its forward on a rendered fixture prompt gives the official last logits."
     folder = require_fixture('ovis25/ovis25_tiny')
     root = folder.parent
     case = next(c for c in _cases() if c['name'] == 'single_rgb_odd_333x517')
@@ -70,7 +70,7 @@ def test_load_official_checkpoint_logits():
     model, proc = OVIS2_5.load(folder, dtype=torch.float32)
     assert not model.training and family_of(model) is OVIS2_5 and family_of(folder) is OVIS2_5
     proc = OvisProcessor(proc.tokenizer, case['min_pixels'], case['max_pixels'])
-    r = render(Conversation.from_messages(case['messages']), proc, thinking=case['enable_thinking'], root=root)
+    r = render_ovis(Conversation.from_messages(case['messages']), proc, thinking=case['enable_thinking'], root=root)
     with torch.no_grad(): logits = model(input_ids=r.input_ids[None], **r.visual).logits[0, -1]
     torch.testing.assert_close(logits, rec['logits_last'], atol=1e-5, rtol=0)
 
@@ -80,12 +80,12 @@ def _multiturn():
     return Conversation([Turn('user', [noise_image(0, (90, 60)), 'What is this?']), Turn('assistant', ['A square of noise.']),
                          Turn('user', ['And this one?', noise_image(1, (50, 120))])], system='Answer briefly.')
 
-@pytest.mark.parametrize('which', ['tiny', 'released'])
+@pytest.mark.parametrize('which', ['tiny_ovis', 'released'])
 @pytest.mark.parametrize('thinking', [True, False])
 def test_multiturn_prompt_equals_official(which, thinking, request):
-    proc = request.getfixturevalue('tiny')[1] if which == 'tiny' else request.getfixturevalue('real')
+    proc = request.getfixturevalue('tiny_ovis')[1] if which == 'tiny_ovis' else request.getfixturevalue('real')
     conv = _multiturn()
-    r = render(conv, proc, thinking=thinking)
+    r = render_ovis(conv, proc, thinking=thinking)
     ids, pv, grid = proc.preprocess_inputs(conv.to_messages(text_as_str=True), enable_thinking=thinking)
     assert torch.equal(r.input_ids, ids[0]) and torch.equal(r.visual['pixel_values'], pv) and torch.equal(r.visual['grid_thws'], grid)
 
@@ -94,14 +94,14 @@ def test_official_template_drops_assistant_item_text(real):
     conv = Conversation([Turn('user', ['Hi']), Turn('assistant', ['Hello.']), Turn('user', ['Again'])])
     as_items = real.tokenizer.decode(real.preprocess_inputs(conv.to_messages())[0][0])
     assert '<|im_start|>assistant\n<|im_end|>' in as_items
-    assert torch.equal(render(conv, real, thinking=False).input_ids, real.preprocess_inputs(conv.to_messages(text_as_str=True))[0][0])
+    assert torch.equal(render_ovis(conv, real, thinking=False).input_ids, real.preprocess_inputs(conv.to_messages(text_as_str=True))[0][0])
 
-def test_thinking_false_is_the_official_default(tiny):
-    "`preprocess_inputs` defaults to enable_thinking=False: `render(..., thinking=False)`."
-    _, proc = tiny
+def test_thinking_false_is_the_official_default(tiny_ovis):
+    "`preprocess_inputs` defaults to enable_thinking=False: `render_ovis(..., thinking=False)`."
+    _, proc = tiny_ovis
     conv = Conversation([Turn('user', [noise_image(0), 'Hi'])])
-    assert torch.equal(render(conv, proc, thinking=False).input_ids, proc.preprocess_inputs(conv.to_messages())[0][0])
-    assert not torch.equal(render(conv, proc).input_ids, proc.preprocess_inputs(conv.to_messages())[0][0])
+    assert torch.equal(render_ovis(conv, proc, thinking=False).input_ids, proc.preprocess_inputs(conv.to_messages())[0][0])
+    assert not torch.equal(render_ovis(conv, proc).input_ids, proc.preprocess_inputs(conv.to_messages())[0][0])
 
 def test_trajectory_with_released_tokenizer(real):
     "Masks and the prompt-prefix property hold with the released BPE tokenizer too."
@@ -109,70 +109,70 @@ def test_trajectory_with_released_tokenizer(real):
     traj = Conversation([Turn('user', [noise_image(0, (300, 200)), 'Where is the cat?']),
                          Turn('assistant', ['<think>\nLook closer.\n</think>\n\n', ToolCall('crop', {'box': [0, 0, 50, 60]}, text='<tool_call>Crop [0, 0, 50, 60]</tool_call>'),
                                             ToolResult([ImageRef(noise_image(0, (300, 200)), region=(0, 0, 50, 60))]), 'Top left.'])])
-    r = render(traj, real, training=True)
+    r = render_ovis(traj, real, training=True)
     assert tok.decode(r.labels[r.labels != -100]) == '<think>\nLook closer.\n</think>\n\n<tool_call>Crop [0, 0, 50, 60]</tool_call>Top left.<|im_end|>'
     assert r.labels[r.input_ids < 0].eq(-100).all()
     assert r.image_sizes == [(300, 200), (50, 60)]
-    prefix = render(Conversation([traj.turns[0], Turn('assistant', traj.turns[1].content[:3])]), real)
+    prefix = render_ovis(Conversation([traj.turns[0], Turn('assistant', traj.turns[1].content[:3])]), real)
     assert torch.equal(r.input_ids[:len(prefix)], prefix.input_ids)
     assert show_ids(tok, prefix.input_ids).endswith('</tool_call><image: 208 visual tokens>')   # 50x60 grows to 448² pixels
 
 # ---------------------------------------------------------------- videos and bad input
 
-def test_video_as_frames(tiny):
-    model, proc = tiny
+def test_video_as_frames(tiny_ovis):
+    model, proc = tiny_ovis
     frames = [noise_image(i, (64, 64)) for i in range(3)]
     conv = Conversation([Turn('user', [VideoRef(frames), 'What happens?'])])
-    r = render(conv, proc)
+    r = render_ovis(conv, proc)
     ids, pv, grid = proc.preprocess_inputs(conv.to_messages(), enable_thinking=True)
     assert torch.equal(r.input_ids, ids[0]) and torch.equal(r.visual['pixel_values'], pv)
     assert r.visual['grid_thws'].tolist() == [[3, 4, 4]] and r.image_sizes == []
     assert INDICATOR_IDS[2] in r.input_ids.tolist() and INDICATOR_IDS[3] in r.input_ids.tolist()
     with torch.no_grad(): assert model(input_ids=r.input_ids[None], **r.visual).logits.shape[1] == len(r)
 
-def test_visual_rules(tiny, tmp_path):
-    _, proc = tiny
+def test_visual_rules(tiny_ovis, tmp_path):
+    _, proc = tiny_ovis
     vid = VideoRef([noise_image(0, (64, 64))] * 2)
     with pytest.raises(ConversationError, match=r'turn 0 \(user\), part 1 \(video\).*images or one video per sample, not both'):
-        render(Conversation([Turn('user', [noise_image(0), vid])]), proc)
+        render_ovis(Conversation([Turn('user', [noise_image(0), vid])]), proc)
     with pytest.raises(ConversationError, match=r'turn 2 \(user\), part 0 \(video\).*one video per sample; this conversation has 2'):
-        render(Conversation([Turn('user', [vid]), Turn('assistant', ['ok']), Turn('user', [vid])]), proc)
+        render_ovis(Conversation([Turn('user', [vid]), Turn('assistant', ['ok']), Turn('user', [vid])]), proc)
     with pytest.raises(ConversationError, match=r'part 0 \(video\).*clip.mp4: Ovis2.5 takes a video as its frames.*save_frames'):
-        render(Conversation([Turn('user', [VideoRef(str(tmp_path/'clip.mp4')), 'Hi'])]), proc)
+        render_ovis(Conversation([Turn('user', [VideoRef(str(tmp_path/'clip.mp4')), 'Hi'])]), proc)
     with pytest.raises(ImageLoadError, match=r'missing.png: file not found \(at turn 0 \(user\), part 1 \(image\)\)'):
-        render(Conversation([Turn('user', ['Look:', ImageRef(str(tmp_path/'missing.png'))])]), proc)
+        render_ovis(Conversation([Turn('user', ['Look:', ImageRef(str(tmp_path/'missing.png'))])]), proc)
     crop = ToolResult([ImageRef(str(tmp_path/'gone.png'))])
     with pytest.raises(ImageLoadError, match=r'at turn 1 \(assistant\), part 1 \(tool_result\), content\[0\]'):
-        render(Conversation([Turn('user', ['Hi']), Turn('assistant', [ToolCall('crop', {}), crop])]), proc)
+        render_ovis(Conversation([Turn('user', ['Hi']), Turn('assistant', [ToolCall('crop', {}), crop])]), proc)
 
-def test_relative_paths_resolve_against_root(tiny, tmp_path):
-    _, proc = tiny
+def test_relative_paths_resolve_against_root(tiny_ovis, tmp_path):
+    _, proc = tiny_ovis
     noise_image(0, (70, 50)).save(tmp_path/'a.png')
     conv = Conversation([Turn('user', [ImageRef('a.png'), 'Hi'])])
-    assert torch.equal(render(conv, proc, root=tmp_path).visual['pixel_values'],
-                       render(Conversation([Turn('user', [noise_image(0, (70, 50)), 'Hi'])]), proc).visual['pixel_values'])
+    assert torch.equal(render_ovis(conv, proc, root=tmp_path).visual['pixel_values'],
+                       render_ovis(Conversation([Turn('user', [noise_image(0, (70, 50)), 'Hi'])]), proc).visual['pixel_values'])
 
 # ---------------------------------------------------------------- batches and generation
 
-def test_collate_text_only_and_padded_visuals(tiny):
-    model, proc = tiny
+def test_collate_text_only_and_padded_visuals(tiny_ovis):
+    model, proc = tiny_ovis
     convs = [Conversation([Turn('user', ['Hi']), Turn('assistant', ['Hello.'])]),
              Conversation([Turn('user', [noise_image(0, (90, 60)), 'Hi']), Turn('assistant', ['An image.'])])]
-    rendered = [render(c, proc, training=True) for c in convs]
-    assert set(collate(rendered[:1])) == {'input_ids', 'position_ids', 'labels'}
-    padded = collate(rendered, pack=False)
+    rendered = [render_ovis(c, proc, training=True) for c in convs]
+    assert set(collate_ovis(rendered[:1])) == {'input_ids', 'position_ids', 'labels'}
+    padded = collate_ovis(rendered, pack=False)
     assert padded['attention_mask'].sum().item() == sum(len(r) for r in rendered)
     assert torch.equal(padded['pixel_values'], rendered[1].visual['pixel_values'])
     with torch.no_grad(): assert torch.isfinite(model(**padded).loss)
 
-def test_thinking_budget_matches_ovis_generate(tiny):
+def test_thinking_budget_matches_ovis_generate(tiny_ovis):
     "`Family.generate(..., budget=B, thinking=True)` = `vlmkit.ovis.generation.generate(enable_thinking_budget=True, thinking_budget=B)`."
-    model, proc = tiny
+    model, proc = tiny_ovis
     convs = [Conversation([Turn('user', [noise_image(4, (90, 60)), 'Describe it.'])]), Conversation([Turn('user', ['Hi'])])]
-    kw = generation_kwargs(proc)
+    kw = ovis_generation_kwargs(proc)
     n = 3 + len(kw['forced_ids']) + 4
     ours = OVIS2_5.generate(model, proc, convs, max_new_tokens=n, budget=3, thinking=True, return_dict_in_generate=True)
-    rendered = [render(c, proc) for c in convs]
+    rendered = [render_ovis(c, proc) for c in convs]
     tok = proc.tokenizer
     theirs = ovis_generate(model, [r.input_ids for r in rendered], torch.cat([r.visual['pixel_values'] for r in rendered[:1]]),
                            rendered[0].visual['grid_thws'], enable_thinking=True, enable_thinking_budget=True, thinking_budget=3,

@@ -10,48 +10,17 @@ from pathlib import Path
 import torch
 from torch import nn
 from .checkpointing import enable_checkpointing
+from .family import Family, Layout, family_of
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'LLM_LINEARS', 'PRESETS', 'Layout', 'base_of', 'detect_layout', 'LoraTargetError', 'part_of',
-           'select_targets', 'targets_regex', 'LoraPatchError', 'diagnose', 'patch_remote_code', 'adapted_modules',
-           'prepare_for_peft', 'apply_lora', 'lora_table', 'print_lora_table', 'plot_lora', 'gradient_problems',
-           'train_step', 'load_adapter', 'export_merged']
-
-# %% ../nbs/30_lora.ipynb #724c6596
-@dataclass(frozen=True)
-class Layout:
-    "Where a VLM family keeps its parts, as module paths from the model's root."
-    family: str
-    lm: str                          # the causal LM (owns the decoder and `lm_head`)
-    decoder: str                     # the decoder stack holding `.layers`
-    vision: str                      # the vision encoder
-    projector: str                   # vision -> LLM projection (may sit inside `vision`)
-    never: tuple = ()                # modules LoRA must never wrap (Ovis's visual embedding table)
-    placeholders: tuple = ()         # (visual atom id, indicator ids) where ids < 0 mark visual positions
-
-LAYOUTS = (
-    Layout('internvl3_5', lm='', decoder='model.language_model', vision='model.vision_tower', projector='model.multi_modal_projector'),
-    Layout('qwen2_5_vl', lm='', decoder='model.language_model', vision='model.visual', projector='model.visual.merger'),
-    Layout('ovis2_5', lm='llm', decoder='llm.model', vision='visual_tokenizer.vit', projector='visual_tokenizer.head',
-           never=('vte',), placeholders=(-300, (-301, -302, -303, -304))),
-)
+__all__ = ['LLM_LINEARS', 'PRESETS', 'base_of', 'LoraTargetError', 'part_of', 'select_targets', 'targets_regex', 'LoraPatchError',
+           'diagnose', 'patch_remote_code', 'adapted_modules', 'prepare_for_peft', 'apply_lora', 'lora_table',
+           'print_lora_table', 'plot_lora', 'gradient_problems', 'train_step', 'load_adapter', 'export_merged']
 
 # %% ../nbs/30_lora.ipynb #80e81673
 def base_of(model:nn.Module) -> nn.Module:
     "The model under a PEFT wrapper (or `model` itself)."
     return model.get_base_model() if hasattr(model, 'get_base_model') else model
-
-def _has(model, path): 
-    try: model.get_submodule(path); return True
-    except AttributeError: return False
-
-def detect_layout(model:nn.Module) -> Layout:
-    "The `Layout` whose paths all exist in `model`'s module tree."
-    m = base_of(model)
-    for lay in LAYOUTS:
-        if all(_has(m, p) for p in (lay.lm, lay.decoder, lay.vision, lay.projector, *lay.never)): return lay
-    top = sorted(n for n, _ in m.named_children())
-    raise ValueError(f"{type(m).__name__}: no known VLM layout matches its modules {top}; add a row to vlmkit.lora.LAYOUTS")
 
 # %% ../nbs/30_lora.ipynb #c58147e1
 LLM_LINEARS = r'(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)'
@@ -72,7 +41,8 @@ def part_of(name:str, lay:Layout) -> str:
 
 def select_targets(model:nn.Module, preset:str='llm', extra:list|None=None) -> dict:
     "Full module path -> part, for every module that `preset` plus the `extra` full-path regexes select."
-    m, lay = base_of(model), detect_layout(model)
+    m, fam = base_of(model), family_of(model)
+    lay = fam.layout
     if preset not in PRESETS: raise LoraTargetError(f"preset={preset!r}: expected one of {list(PRESETS)}")
     llm_pat = re.compile(re.escape(lay.decoder) + r'\.layers\.\d+\.' + LLM_LINEARS)
     out = {}
@@ -88,7 +58,7 @@ def select_targets(model:nn.Module, preset:str='llm', extra:list|None=None) -> d
     for n in out:
         for bad in lay.never:
             if _under(n, bad):
-                raise LoraTargetError(f"{n!r} is {lay.family}'s visual embedding table ({bad}): it multiplies soft visual tokens "
+                raise LoraTargetError(f"{n!r} is {fam.name}'s visual embedding table ({bad}): it multiplies soft visual tokens "
                                       f"by its weight, which a LoRA embedding layer cannot do; train it with modules_to_save=[{bad!r}]")
     if not any(p == 'llm' for p in out.values()):
         raise LoraTargetError(f"preset {preset!r} found no LLM linears under {lay.decoder}.layers")
@@ -124,7 +94,7 @@ def _merge_in_place(m, lay):
 
 def diagnose(model:nn.Module) -> list:
     "The remote-code problems (name, what fails) that `model` has; empty for models PEFT handles as they are."
-    m, lay = base_of(model), detect_layout(model)
+    m, lay = base_of(model), family_of(model).layout
     found = []
     if _missing_input_embeddings(m):
         found.append(('input_embeddings', 'get_input_embeddings() raises: PEFT cannot hook inputs for gradient checkpointing'))
@@ -139,7 +109,7 @@ def diagnose(model:nn.Module) -> list:
 # %% ../nbs/30_lora.ipynb #15d598a0
 def _merge_out_of_place(self, input_ids, pixel_values, grid_thws):
     "Ovis's merge of visual embeddings into the text embeddings, built with `index_put` instead of item assignment."
-    atom_id, indicator_ids = detect_layout(self).placeholders
+    atom_id, indicator_ids = family_of(self).layout.placeholders
     embeds = self.get_wte()(torch.masked_fill(input_ids, input_ids < 0, 0))
     if pixel_values is None: return embeds
     visual = self.vte(self.visual_tokenizer(pixel_values, grid_thws)).to(embeds.dtype)
@@ -159,7 +129,7 @@ _merge_out_of_place._vlmkit_out_of_place = True
 
 def patch_remote_code(model:nn.Module) -> nn.Module:
     "Apply the fixes `diagnose` calls for, on the instance; returns `model`."
-    m, lay = base_of(model), detect_layout(model)
+    m, lay = base_of(model), family_of(model).layout
     problems = {n for n, _ in diagnose(m)}
     lm = m.get_submodule(lay.lm)
     if 'input_embeddings' in problems:
@@ -226,7 +196,7 @@ def _block(name:str, lay:Layout) -> str:
 
 def lora_table(model:nn.Module) -> list:
     "One row per block: part, block path, adapted module names, LoRA parameter count."
-    lay, rows = detect_layout(model), {}
+    lay, rows = family_of(model).layout, {}
     for n, mod in model.named_modules():
         if not (hasattr(mod, 'lora_A') and len(mod.lora_A)): continue
         name = n.removeprefix('base_model.model.')

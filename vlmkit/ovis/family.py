@@ -20,15 +20,17 @@ from .preprocessing import (INDICATOR_IDS, OVIS_CHAT_TEMPLATE, PATCH_SIZE, VISUA
 from ..testing import tiny_tokenizer
 
 # %% auto #0
-__all__ = ['CHAT', 'LAYOUT', 'PAD_ID', 'TINY_MIN_PIXELS', 'TINY_MAX_PIXELS', 'OVIS2_5', 'visual_ids', 'show_ids', 'visual_places',
-           'load_visual', 'render', 'collate', 'load', 'tiny', 'enable_packing', 'generation_kwargs']
+__all__ = ['OVIS_CHAT', 'OVIS_LAYOUT', 'TINY_MIN_PIXELS', 'TINY_MAX_PIXELS', 'OVIS2_5', 'ovis_visual_ids', 'show_ids',
+           'visual_places', 'load_visual', 'render_ovis', 'collate_ovis', 'load_ovis', 'tiny_ovis',
+           'enable_ovis_packing', 'ovis_generation_kwargs']
 
 # %% ../../nbs/14_ovis_family.ipynb #8125c578
-CHAT = ChatFormat(item_sep='\n', no_thinking='<think>\n\n</think>\n\n')
-LAYOUT = Layout(lm='llm', decoder='llm.model', vision='visual_tokenizer.vit', projector='visual_tokenizer.head', never=('vte',))
+OVIS_CHAT = ChatFormat(item_sep='\n', no_thinking='<think>\n\n</think>\n\n')
+OVIS_LAYOUT = Layout(lm='llm', decoder='llm.model', vision='visual_tokenizer.vit', projector='visual_tokenizer.head', never=('vte',),
+                placeholders=(VISUAL_ATOM_ID, tuple(INDICATOR_IDS)))
 
 # %% ../../nbs/14_ovis_family.ipynb #afaa8740
-def visual_ids(grid_thw, video:bool=False) -> list[int]:
+def ovis_visual_ids(grid_thw, video:bool=False) -> list[int]:
     "The ids one image (or video) of `grid_thw` becomes: its begin indicator, one `VISUAL_ATOM_ID` per visual token, its end indicator."
     begin, end = INDICATOR_IDS[2:] if video else INDICATOR_IDS[:2]
     return [begin] + [VISUAL_ATOM_ID] * num_visual_tokens(grid_thw) + [end]
@@ -78,7 +80,7 @@ def load_visual(p:Placed, processor:OvisProcessor, root=None) -> tuple[torch.Ten
     except ValueError as e: raise _where(p, str(e)) from e
 
 # %% ../../nbs/14_ovis_family.ipynb #99f18b42
-def render(conv:Conversation, processor:OvisProcessor, training:bool=False, thinking:bool=True, root=None) -> Rendered:
+def render_ovis(conv:Conversation, processor:OvisProcessor, training:bool=False, thinking:bool=True, root=None) -> Rendered:
     """`conv` as Ovis2.5 reads it: ids with each visual's ids in place, labels when `training` (else `None`), and `visual` =
     `pixel_values` + `grid_thws`. `thinking=False` writes the empty think block after the generation prompt (the official
     `preprocess_inputs` default); relative image paths resolve against `root`."""
@@ -89,31 +91,31 @@ def render(conv:Conversation, processor:OvisProcessor, training:bool=False, thin
         pv, grid, size = load_visual(places[i], processor, root)
         pvs.append(pv); grids.append(grid)
         if size is not None: sizes.append(size); resized.append((int(grid[0, 2]) * PATCH_SIZE, int(grid[0, 1]) * PATCH_SIZE))
-        return visual_ids(grid[0], isinstance(ref, VideoRef))
-    ids, labels = tokenize_pieces(processor.tokenizer, chat_pieces(conv, CHAT, training, thinking), ids_of)
+        return ovis_visual_ids(grid[0], isinstance(ref, VideoRef))
+    ids, labels = tokenize_pieces(processor.tokenizer, chat_pieces(conv, OVIS_CHAT, training, thinking), ids_of)
     visual = dict(pixel_values=torch.cat(pvs), grid_thws=torch.cat(grids)) if pvs else {}
     return Rendered(ids, labels if training else None, visual, image_sizes=sizes, resized_sizes=resized)
 
 # %% ../../nbs/14_ovis_family.ipynb #766f5f36
-PAD_ID = 0  # the filler id of padded rows: masked, never attended or trained (any id of the table would do)
+_FILLER_ID = 0  # the filler id of padded rows: masked, never attended or trained (any id of the table would do)
 
-def collate(rendered:list[Rendered], pack:bool=True) -> dict:
+def collate_ovis(rendered:list[Rendered], pack:bool=True) -> dict:
     "Model kwargs of rendered samples: one packed row `[1, T]` (`pack_samples`' layout), or right-padded rows `[B, L]`; visuals concatenated."
-    if not rendered: raise ValueError("collate needs at least one rendered sample")
-    return pack_rendered(rendered) if pack else pad_batch(rendered, PAD_ID) | concat_visual(rendered)
+    if not rendered: raise ValueError("collate_ovis needs at least one rendered sample")
+    return pack_rendered(rendered) if pack else pad_batch(rendered, _FILLER_ID) | concat_visual(rendered)
 
 # %% ../../nbs/14_ovis_family.ipynb #06a91c23
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = 32*32, 96*96
 
-def load(path, dtype=torch.bfloat16, device=None) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
+def load_ovis(path, dtype=torch.bfloat16, device=None) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
     "The native Ovis2.5 of an official checkpoint folder (or hub id), in eval mode, and its `OvisProcessor` (the official pixel budget)."
     model = Ovis2_5ForConditionalGeneration.from_pretrained(path, dtype=dtype)
     if device is not None: model = model.to(device)
     tok = model.text_tokenizer if model.text_tokenizer is not None else load_ovis_tokenizer(path)
     return model.eval(), OvisProcessor(tok)
 
-def tiny(seed:int=0) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
-    "A tiny random Ovis2.5 over vlmkit's tiny tokenizer (given the official chat template) and its processor (32² to 96² pixels an image)."
+def tiny_ovis(seed:int=0) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
+    "A tiny_ovis random Ovis2.5 over vlmkit's tiny_ovis tokenizer (given the official chat template) and its processor (32² to 96² pixels an image)."
     tok = tiny_tokenizer('ovis2_5')
     tok.chat_template = OVIS_CHAT_TEMPLATE
     cfg = tiny_ovis25_config(llm=dict(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
@@ -124,18 +126,18 @@ def tiny(seed:int=0) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
     model.text_tokenizer = tok
     return model, OvisProcessor(tok, TINY_MIN_PIXELS, TINY_MAX_PIXELS)
 
-def enable_packing(model):
+def enable_ovis_packing(model):
     "`model` (PEFT-wrapped or not) with its LLM on vlmkit's varlen attention, so a packed row attends within each sample."
     base = model.get_base_model() if hasattr(model, 'get_base_model') else model
     if base.llm.config._attn_implementation != VARLEN_IMPL: base.llm.set_attn_implementation(register_varlen_attention())
     return model
 
 # %% ../../nbs/14_ovis_family.ipynb #67485ef0
-def generation_kwargs(processor:OvisProcessor) -> dict:
+def ovis_generation_kwargs(processor:OvisProcessor) -> dict:
     "Thinking-budget arguments of the decode engine: `</think>` closes a thought; the official early-stopping text is forced once a row's `budget` is spent."
     tok = processor.tokenizer
     return dict(think_end_id=tok.convert_tokens_to_ids('</think>'), forced_ids=early_stopping_ids(tok))
 
-OVIS2_5 = Family(name='ovis2_5', syntax=get_syntax('ovis2_5'), layout=LAYOUT, model_types=('ovis2_5',), chat=CHAT,
-                 stop_tokens=('<|im_end|>',), render=render, collate=collate, load=load, tiny=tiny,
-                 enable_packing=enable_packing, hooks=OVIS_HOOKS, generation_kwargs=generation_kwargs)
+OVIS2_5 = Family(name='ovis2_5', syntax=get_syntax('ovis2_5'), layout=OVIS_LAYOUT, model_types=('ovis2_5',), chat=OVIS_CHAT,
+                 stop_tokens=('<|im_end|>',), render=render_ovis, collate=collate_ovis, load=load_ovis, tiny=tiny_ovis,
+                 enable_packing=enable_ovis_packing, hooks=OVIS_HOOKS, generation_kwargs=ovis_generation_kwargs)
