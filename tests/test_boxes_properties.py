@@ -4,7 +4,8 @@ property runs 1,000 examples."""
 import math
 import numpy as np
 from hypothesis import given, settings, strategies as st, HealthCheck
-from vlmkit.boxes import (SYNTAXES, convert_boxes, convert_points, xyxy_to_xywh, xywh_to_xyxy, box_problem, point_problem,
+from vlmkit.family import FAMILIES
+from vlmkit.boxes import (get_syntax, convert_boxes, convert_points, xyxy_to_xywh, xywh_to_xyxy, box_problem, point_problem,
                           box_iou, parse_boxes, format_boxes, format_points, place_labels)
 
 many = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,7 +82,7 @@ def _box_on_grid(hi, scale):
 
 def syntax_boxes(syntax):
     "1..5 valid boxes as the syntax writes them (Ovis: thousandths in [0, 1]; integer syntaxes: ints), with labels."
-    sx = SYNTAXES[syntax]
+    sx = get_syntax(syntax)
     hi = 1000 if sx.space in ('unit', 'k1000') else 4000   # resized_pixel: any size the parser is not told about
     scale = 1000 if sx.space == 'unit' else 1
     pairs = st.lists(st.tuples(_box_on_grid(hi, scale), labels), min_size=1, max_size=5)
@@ -93,7 +94,7 @@ def _check_round_trip(syntax, boxes, labs):
     assert r.rejected == [], (text, r.rejected)
     assert r.boxes.tolist() == boxes, text
     assert r.box_labels == labs, text
-    assert all(f.space == SYNTAXES[syntax].space for f in r.found)
+    assert all(f.space == get_syntax(syntax).space for f in r.found)
 
 @many
 @given(syntax_boxes('ovis2_5'))
@@ -121,7 +122,7 @@ def test_points_format_parse_identity(syntax, pts, data):
 
 def _check_parse_invariants(text, syntax):
     r = parse_boxes(text, syntax)
-    sx = SYNTAXES[syntax]
+    sx = get_syntax(syntax)
     for f in r.found:
         assert f.space == sx.space
         problem = box_problem(f.coords, sx.space) if f.kind == 'box' else point_problem(f.coords, sx.space)
@@ -132,7 +133,7 @@ def _check_parse_invariants(text, syntax):
     assert r.boxes.shape == (len([f for f in r.found if f.kind == 'box']), 4)
 
 @many
-@given(st.text(max_size=300), st.sampled_from(sorted(SYNTAXES)))
+@given(st.text(max_size=300), st.sampled_from(list(FAMILIES)))
 def test_parsers_never_raise_on_arbitrary_text(text, syntax):
     _check_parse_invariants(text, syntax)
 
@@ -142,12 +143,12 @@ PIECES = ['<ref>', '</ref>', '<box>', '</box>', '<point>', '</point>', '(', ')',
 syntax_soup = st.lists(st.sampled_from(PIECES), max_size=60).map(''.join)
 
 @many
-@given(syntax_soup, st.sampled_from(sorted(SYNTAXES)))
+@given(syntax_soup, st.sampled_from(list(FAMILIES)))
 def test_parsers_never_raise_on_syntax_soup(text, syntax):
     _check_parse_invariants(text, syntax)
 
 @many
-@given(st.sampled_from(sorted(SYNTAXES)), st.data())
+@given(st.sampled_from(list(FAMILIES)), st.data())
 def test_parsers_never_raise_on_mangled_answers(syntax, data):
     "A well-formed answer with characters deleted, duplicated or replaced (as a cut or noisy generation would)."
     boxes, labs = data.draw(syntax_boxes(syntax))

@@ -241,7 +241,7 @@ def test_native_ovis_generates_through_the_engine():
     from vlmkit.ovis.modeling import Ovis2_5, tiny_ovis25_config
     from vlmkit.ovis.preprocessing import preprocess_inputs
     from vlmkit.ovis import generation as ovis
-    tok = tiny_tokenizer('ovis2_5')
+    tok = tiny_tokenizer(image='<image>', video='<video>')
     torch.manual_seed(0)
     model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=len(tok)))).eval()
     ins = [preprocess_inputs(tok, m, min_pixels=64*64, max_pixels=128*128, enable_thinking=True)

@@ -148,3 +148,43 @@ def test_a_public_name_means_one_thing():
         values = {m: constant(mods[m], n) for m in names[n]}
         as_list = lambda v: list(v) if isinstance(v, (tuple, list)) else v
         assert len({repr(as_list(v)) for v in values.values()}) == 1, f"{n} differs between modules: {values}"
+
+
+# ---- nothing outside a family's package branches on a family's name ----
+FAMILY_NAMES = {'ovis2_5', 'internvl3_5', 'qwen2_5_vl'}
+# Where a family's name may be compared or keyed: its own package, and the registry that names them.
+NAME_HOMES = ('vlmkit.ovis', 'vlmkit.internvl', 'vlmkit.qwen', 'vlmkit.family')
+
+def _names_in(node) -> set[str]:
+    "Family names among the string constants `node` is, or holds as a tuple, list or set."
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return {e.value for e in items if isinstance(e, ast.Constant) and e.value in FAMILY_NAMES}
+
+def family_branches(source:str, mod:str) -> list[str]:
+    "(line: what) for each comparison with a family's name, table keyed by one, or `case` on one in module `mod`'s `source`."
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare): hits = set().union(*(_names_in(x) for x in (node.left, *node.comparators)))
+        elif isinstance(node, ast.Dict): hits = set().union(*(_names_in(k) for k in node.keys if k is not None))
+        elif isinstance(node, ast.MatchValue): hits = _names_in(node.value)
+        else: continue
+        if hits: found.append(f"{mod}:{node.lineno} {type(node).__name__.lower()} on {sorted(hits)}")
+    return found
+
+def test_nothing_outside_a_family_package_branches_on_its_name():
+    found = [f for m, path in modules().items() if not any(m == h or m.startswith(h + '.') for h in NAME_HOMES)
+             for f in family_branches(path.read_text(), m)]
+    assert not found, "family names compared or keyed outside the family packages (ask the Family instead):\n" + '\n'.join(found)
+
+@pytest.mark.parametrize('source, says', [
+    ("if family == 'qwen2_5_vl': pass\n", "compare on ['qwen2_5_vl']"),
+    ("ok = name in ('ovis2_5', 'internvl3_5')\n", "compare on ['internvl3_5', 'ovis2_5']"),
+    ("TABLE = {'internvl3_5': 1}\n", "dict on ['internvl3_5']"),
+    ("match f:\n    case 'ovis2_5': pass\n", "matchvalue on ['ovis2_5']"),
+])
+def test_the_family_branch_check_fails_on_a_branch(source, says):
+    found = family_branches(source, 'vlmkit.sft')
+    assert len(found) == 1 and says in found[0], found
+
+def test_the_family_branch_check_passes_a_use():
+    assert family_branches("parse_boxes(text, 'internvl3_5')\nfam = FAMILIES['ovis2_5']\n", 'vlmkit.tour') == []

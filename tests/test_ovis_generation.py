@@ -114,7 +114,7 @@ def official_two_phase(model, ids, pv, grid, budget, max_new_tokens, eos_id, pad
 @pytest.fixture(scope='module')
 def tiny():
     "A tiny native Ovis2.5 over the tiny byte-level tokenizer, with three prompts (one image, text, two images)."
-    tok = tiny_tokenizer('ovis2_5')
+    tok = tiny_tokenizer(image='<image>', video='<video>')
     torch.manual_seed(0)
     model = Ovis2_5(tiny_ovis25_config(llm=dict(vocab_size=len(tok)))).eval()
     model.text_tokenizer = tok

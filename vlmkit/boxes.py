@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # %% auto #0
-__all__ = ['SPACES', 'SYNTAXES', 'PALETTE', 'convert_boxes', 'convert_points', 'resized_size_from_grid', 'xyxy_to_xywh',
-           'xywh_to_xyxy', 'box_problem', 'point_problem', 'box_problems', 'clamp_boxes', 'box_iou', 'BoxSyntax',
-           'get_syntax', 'Found', 'Rejected', 'Parsed', 'parse_boxes', 'format_boxes', 'format_points', 'place_labels',
-           'draw_boxes', 'draw_points', 'draw_parsed', 'show_boxes']
+__all__ = ['SPACES', 'PALETTE', 'convert_boxes', 'convert_points', 'resized_size_from_grid', 'xyxy_to_xywh', 'xywh_to_xyxy',
+           'box_problem', 'point_problem', 'box_problems', 'clamp_boxes', 'box_iou', 'BoxSyntax', 'get_syntax', 'Found',
+           'Rejected', 'Parsed', 'parse_boxes', 'format_boxes', 'format_points', 'place_labels', 'draw_boxes',
+           'draw_points', 'draw_parsed', 'show_boxes']
 
 # %% ../nbs/00_boxes.ipynb #f6a3ccff
 SPACES = ('pixel', 'unit', 'k1000', 'resized_pixel')
@@ -153,20 +153,14 @@ class BoxSyntax:
     point_key: str = 'point_2d'
     label_key: str = 'label'
 
-SYNTAXES = {
-    'ovis2_5':     BoxSyntax('ovis2_5', 'unit', integers=False, decimals=3, point=('<point>', '</point>'), box_body='pairs'),
-    'internvl3_5': BoxSyntax('internvl3_5', 'k1000', integers=True, box_body='lists'),
-    'qwen2_5_vl':  BoxSyntax('qwen2_5_vl', 'resized_pixel', integers=True, kind='json'),
-}
-_RENAMED = {'ovis': 'ovis2_5', 'internvl': 'internvl3_5', 'qwen': 'qwen2_5_vl'}  # earlier short names: only for the error's hint
-
-def get_syntax(syntax:str|BoxSyntax) -> BoxSyntax:
-    "The `BoxSyntax` for a family name ('ovis2_5', 'internvl3_5', 'qwen2_5_vl') or the syntax itself."
+def get_syntax(syntax) -> BoxSyntax:
+    "The `BoxSyntax` of a family (its name, such as 'internvl3_5', or its `Family`), or the syntax itself."
     if isinstance(syntax, BoxSyntax): return syntax
-    try: return SYNTAXES[syntax]
-    except KeyError: pass
-    hint = f" ({syntax!r} is now {_RENAMED[syntax]!r})" if syntax in _RENAMED else ''
-    raise ValueError(f"unknown box syntax {syntax!r}; expected one of {list(SYNTAXES)}{hint}")
+    if isinstance(getattr(syntax, 'syntax', None), BoxSyntax): return syntax.syntax
+    from vlmkit.family import FAMILIES  # each family's package holds its syntax; the registry finds it by name
+    try: return FAMILIES[syntax].syntax
+    except KeyError as e: raise ValueError(f"unknown box syntax {syntax!r}: {e.args[0]}") from None
+
 
 # %% ../nbs/00_boxes.ipynb #e59cd062
 @dataclass(frozen=True)

@@ -223,11 +223,15 @@ class Family:
 FAMILY_SOURCES = {'ovis2_5': 'vlmkit.ovis.family:OVIS2_5', 'internvl3_5': 'vlmkit.internvl.family:INTERNVL3_5',
                   'qwen2_5_vl': 'vlmkit.qwen.family:QWEN2_5_VL'}
 
+_RENAMED = {'ovis': 'ovis2_5', 'internvl': 'internvl3_5', 'qwen': 'qwen2_5_vl'}  # earlier short names: only for the error's hint
+
 class Registry(Mapping):
     "Name -> `Family`, each built by its own package on first use (so `vlmkit.family` imports no family)."
     def __init__(self, sources:dict): self.sources = dict(sources)
     def __getitem__(self, name:str) -> Family:
-        if name not in self.sources: raise KeyError(f"unknown family {name!r}; known: {list(self.sources)}")
+        if name not in self.sources:
+            hint = f" ({name!r} is now {_RENAMED[name]!r})" if name in _RENAMED else ''
+            raise KeyError(f"unknown family {name!r}; known: {list(self.sources)}{hint}")
         module, attr = self.sources[name].split(':')
         return getattr(importlib.import_module(module), attr)
     def __iter__(self): return iter(self.sources)

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'IMAGE_PLACEHOLDERS', 'fixtures_dir', 'fixture', 'require_fixture',
-           'chat_template', 'tiny_tokenizer', 'tiny_llm_config', 'noise_image', 'n_params', 'TinyVLM',
-           'expand_placeholders', 'count_calls', 'RecordingBackend', 'doc_as_written']
+__all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'fixtures_dir', 'fixture', 'require_fixture', 'chat_template',
+           'tiny_tokenizer', 'tiny_llm_config', 'noise_image', 'n_params', 'TinyVLM', 'expand_placeholders',
+           'count_calls', 'RecordingBackend', 'doc_as_written']
 
 # %% ../nbs/03_testing.ipynb #380bdc7d
 def fixtures_dir(start:str|Path|None=None) -> Path|None:
@@ -63,13 +63,9 @@ SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start
 PLAIN_ADDED_TOKENS = ['<tool_call>', '</tool_call>', '<think>', '</think>']
 
 # %% ../nbs/03_testing.ipynb #aaa6883d
-IMAGE_PLACEHOLDERS = {'qwen2_5_vl': ('<|vision_start|><|image_pad|><|vision_end|>', '<|vision_start|><|video_pad|><|vision_end|>'),
-                      'internvl3_5': ('<IMG_CONTEXT>\n', '<video>\n'),
-                      'ovis2_5': ('<image>', '<video>')}
-
-def chat_template(family:str='qwen2_5_vl') -> str:
-    "A Qwen-style (ChatML) Jinja chat template whose image and video items render as `family` writes them."
-    img, vid = (s.replace('\n', '\\n') for s in IMAGE_PLACEHOLDERS[family])
+def chat_template(image:str='<|vision_start|><|image_pad|><|vision_end|>', video:str='<|vision_start|><|video_pad|><|vision_end|>') -> str:
+    "A Qwen-style (ChatML) Jinja chat template whose image and video items render as `image` and `video`."
+    img, vid = (s.replace('\n', '\\n').replace("'", "\\'") for s in (image, video))
     return ("{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
             "{%- if message.content is string %}{{- message.content }}{%- else %}{%- for item in message.content %}"
             "{%- if item.type == 'text' %}{{- item.text }}"
@@ -80,22 +76,19 @@ def chat_template(family:str='qwen2_5_vl') -> str:
             "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}")
 
 # %% ../nbs/03_testing.ipynb #2a4ed35d
-def tiny_tokenizer(family:str='qwen2_5_vl'):
-    "A byte-level BPE `PreTrainedTokenizerFast` (275 ids) with the families' special tokens and a Qwen-style chat template."
+def tiny_tokenizer(*, image:str='<|vision_start|><|image_pad|><|vision_end|>', video:str='<|vision_start|><|video_pad|><|vision_end|>', **extra_special_tokens):
+    "A byte-level BPE `PreTrainedTokenizerFast` (275 ids) with the families' special tokens; its chat template writes images as `image`."
     from tokenizers import Tokenizer, AddedToken, models, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
-    if family not in IMAGE_PLACEHOLDERS: raise ValueError(f"family={family!r}: expected one of {list(IMAGE_PLACEHOLDERS)}")
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
-    # InternVL's processor reads its image tokens from these tokenizer attributes, as the -HF checkpoints store them.
-    extra = dict(start_image_token='<img>', end_image_token='</img>', context_image_token='<IMG_CONTEXT>',
-                 video_token='<video>') if family == 'internvl3_5' else {}
+    # `extra_special_tokens`: named tokens a processor reads from its tokenizer (InternVL's `context_image_token`, ...).
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token='<|im_end|>', pad_token='<|endoftext|>',
-                                   chat_template=chat_template(family), extra_special_tokens=extra, model_max_length=8192)
+                                   chat_template=chat_template(image, video), extra_special_tokens=extra_special_tokens, model_max_length=8192)
 
 # %% ../nbs/03_testing.ipynb #b1a72dbd
 def tiny_llm_config(tokenizer, **kw) -> dict:

@@ -8,7 +8,7 @@ import json, os
 from pathlib import Path
 import torch
 from ..attention import register_varlen_attention
-from ..boxes import get_syntax
+from ..boxes import BoxSyntax
 from ..conversation import PART_KINDS, Conversation, ConversationError, ImageRef, Text, ToolCall, ToolResult, VideoRef
 from ..family import (
     ChatFormat, Family, Layout, Piece, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces, tool_call_text)
@@ -18,9 +18,10 @@ from .prompt import IMG_CONTEXT, IMG_END, IMG_START, hf_processor
 from .tiny import tiny_internvl, tiny_internvl_processor
 
 # %% auto #0
-__all__ = ['INTERNVL_CHAT', 'INTERNVL_IMAGE_TOKENS', 'INTERNVL3_5', 'internvl_image_ids', 'internvl_images_kwargs',
-           'tiled_canvas', 'internvl_image_tiles', 'internvl_video_frames', 'check_internvl_text', 'render_internvl',
-           'collate_internvl', 'enable_internvl_packing', 'load_internvl', 'tiny_internvl_pair']
+__all__ = ['INTERNVL_CHAT', 'INTERNVL_IMAGE_TOKENS', 'INTERNVL_BOXES', 'INTERNVL3_5', 'internvl_image_ids',
+           'internvl_images_kwargs', 'tiled_canvas', 'internvl_image_tiles', 'internvl_video_frames',
+           'check_internvl_text', 'render_internvl', 'collate_internvl', 'enable_internvl_packing', 'load_internvl',
+           'tiny_internvl_pair']
 
 # %% ../../nbs/23_internvl_family.ipynb #69e1ac64
 INTERNVL_CHAT = ChatFormat(after_image='\n')  # -HF template: no default system prompt, '<image>\n' per image, items joined with ''
@@ -154,9 +155,12 @@ def tiny_internvl_pair(seed:int=0) -> tuple:
     vlm = tiny_internvl(seed)
     return vlm.model, tiny_internvl_processor(vlm)
 
+# %% ../../nbs/23_internvl_family.ipynb #bx23cd01
+INTERNVL_BOXES = BoxSyntax('internvl3_5', 'k1000', integers=True, box_body='lists')
+
 # %% ../../nbs/23_internvl_family.ipynb #1369ef33
 INTERNVL3_5 = Family(
-    name='internvl3_5', syntax=get_syntax('internvl3_5'),
+    name='internvl3_5', syntax=INTERNVL_BOXES,
     layout=Layout(lm='', decoder='model.language_model', vision='model.vision_tower', projector='model.multi_modal_projector'),
     model_types=('internvl', 'internvl_chat'), chat=INTERNVL_CHAT, stop_tokens=('<|im_end|>',),
     render=render_internvl, collate=collate_internvl, load=load_internvl, tiny=tiny_internvl_pair,

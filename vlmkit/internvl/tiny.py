@@ -5,7 +5,7 @@
 # %% ../../nbs/22_internvl_tiny.ipynb #faa38983
 from __future__ import annotations
 import torch
-from .prompt import internvl_processor
+from .prompt import HF_IMAGE_TOKENS, internvl_processor
 from ..testing import TinyVLM, expand_placeholders, tiny_llm_config, tiny_tokenizer
 
 # %% auto #0
@@ -16,7 +16,7 @@ def tiny_internvl(seed:int=0) -> TinyVLM:
     "transformers' `InternVLForConditionalGeneration`, InternVL3.5-shaped (ViT + pixel-shuffle MLP + Qwen3), random weights."
     from transformers import InternVLConfig, InternVLForConditionalGeneration
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-    tok = tiny_tokenizer('internvl3_5')
+    tok = tiny_tokenizer(image='<IMG_CONTEXT>\n', video='<video>\n', **HF_IMAGE_TOKENS)
     # 56x56 tiles of 14-pixel patches: 4x4 patches, pixel-shuffled (ratio 0.5) to 4 tokens per tile.
     cfg = InternVLConfig(vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                             image_size=56, patch_size=14),

@@ -8,7 +8,7 @@ import os
 import torch
 from PIL import Image
 from ..attention import VARLEN_IMPL, register_varlen_attention
-from ..boxes import get_syntax
+from ..boxes import BoxSyntax
 from ..conversation import Conversation, ConversationError, Placed, VideoRef
 from ..family import (ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch,
     tokenize_pieces)
@@ -20,8 +20,8 @@ from .preprocessing import (INDICATOR_IDS, OVIS_CHAT_TEMPLATE, PATCH_SIZE, VISUA
 from ..testing import tiny_tokenizer
 
 # %% auto #0
-__all__ = ['OVIS_CHAT', 'OVIS_LAYOUT', 'TINY_MIN_PIXELS', 'TINY_MAX_PIXELS', 'OVIS2_5', 'ovis_visual_ids', 'show_ids',
-           'visual_places', 'load_visual', 'render_ovis', 'collate_ovis', 'load_ovis', 'tiny_ovis',
+__all__ = ['OVIS_CHAT', 'OVIS_LAYOUT', 'TINY_MIN_PIXELS', 'TINY_MAX_PIXELS', 'OVIS_BOXES', 'OVIS2_5', 'ovis_visual_ids',
+           'show_ids', 'visual_places', 'load_visual', 'render_ovis', 'collate_ovis', 'load_ovis', 'tiny_ovis',
            'enable_ovis_packing', 'ovis_generation_kwargs']
 
 # %% ../../nbs/14_ovis_family.ipynb #8125c578
@@ -116,7 +116,7 @@ def load_ovis(path, dtype=torch.bfloat16, device=None) -> tuple[Ovis2_5ForCondit
 
 def tiny_ovis(seed:int=0) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
     "A tiny_ovis random Ovis2.5 over vlmkit's tiny_ovis tokenizer (given the official chat template) and its processor (32² to 96² pixels an image)."
-    tok = tiny_tokenizer('ovis2_5')
+    tok = tiny_tokenizer(image='<image>', video='<video>')
     tok.chat_template = OVIS_CHAT_TEMPLATE
     cfg = tiny_ovis25_config(llm=dict(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
                                       pad_token_id=tok.pad_token_id))
@@ -132,12 +132,15 @@ def enable_ovis_packing(model):
     if base.llm.config._attn_implementation != VARLEN_IMPL: base.llm.set_attn_implementation(register_varlen_attention())
     return model
 
+# %% ../../nbs/14_ovis_family.ipynb #bx14cd01
+OVIS_BOXES = BoxSyntax('ovis2_5', 'unit', integers=False, decimals=3, point=('<point>', '</point>'), box_body='pairs')
+
 # %% ../../nbs/14_ovis_family.ipynb #67485ef0
 def ovis_generation_kwargs(processor:OvisProcessor) -> dict:
     "Thinking-budget arguments of the decode engine: `</think>` closes a thought; the official early-stopping text is forced once a row's `budget` is spent."
     tok = processor.tokenizer
     return dict(think_end_id=tok.convert_tokens_to_ids('</think>'), forced_ids=early_stopping_ids(tok))
 
-OVIS2_5 = Family(name='ovis2_5', syntax=get_syntax('ovis2_5'), layout=OVIS_LAYOUT, model_types=('ovis2_5',), chat=OVIS_CHAT,
+OVIS2_5 = Family(name='ovis2_5', syntax=OVIS_BOXES, layout=OVIS_LAYOUT, model_types=('ovis2_5',), chat=OVIS_CHAT,
                  stop_tokens=('<|im_end|>',), render=render_ovis, collate=collate_ovis, load=load_ovis, tiny=tiny_ovis,
                  enable_packing=enable_ovis_packing, hooks=OVIS_HOOKS, generation_kwargs=ovis_generation_kwargs)

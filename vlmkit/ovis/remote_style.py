@@ -87,7 +87,7 @@ class RemoteStyleOvis2_5(PreTrainedModel):
 # %% ../../nbs/13_ovis_remote_style.ipynb #e69e9b89
 def tiny_remote_ovis25(seed:int=0) -> TinyVLM:
     "A `RemoteStyleOvis2_5` (Qwen3 LLM + stand-in NaViT + head + `vte`), random weights, with an Ovis-style `inputs` helper."
-    tok = tiny_tokenizer('ovis2_5')
+    tok = tiny_tokenizer(image='<image>', video='<video>')
     cfg = PretrainedConfig()
     cfg.llm_config = tiny_llm_config(tok)
     cfg.vit_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, hidden_stride=2)

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 import torch
-from ..boxes import get_syntax, resized_size_from_grid
+from ..boxes import BoxSyntax, resized_size_from_grid
 from ..conversation import PART_KINDS, Conversation, ConversationError, ImageRef, Text, ToolResult, VideoRef
 from ..family import ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces
 from ..generation import ROPE_INDEX_HOOKS
@@ -17,9 +17,9 @@ from .packing import enable_packing, rope_positions
 from .processing import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, image_token_counts, load_qwen, qwen_processor, tiny_qwen
 
 # %% auto #0
-__all__ = ['QWEN_CHAT_TEMPLATE', 'QWEN_CHAT', 'TOKENS_PER_SECOND', 'QWEN2_5_VL', 'tiny_qwen_released', 'qwen_visual_ids',
-           'qwen_image_inputs', 'mm_token_types', 'qwen_video_inputs', 'QwenRendered', 'rope_config', 'render_qwen',
-           'collate_qwen']
+__all__ = ['QWEN_CHAT_TEMPLATE', 'QWEN_CHAT', 'TOKENS_PER_SECOND', 'QWEN_BOXES', 'QWEN2_5_VL', 'tiny_qwen_released',
+           'qwen_visual_ids', 'qwen_image_inputs', 'mm_token_types', 'qwen_video_inputs', 'QwenRendered', 'rope_config',
+           'render_qwen', 'collate_qwen']
 
 # %% ../../nbs/27_qwen_family.ipynb #f62df64e
 QWEN_CHAT_TEMPLATE = (
@@ -164,9 +164,12 @@ def collate_qwen(rendered:list[Rendered], pack:bool=True) -> dict:
     out['mm_token_type_ids'] = torch.cat([r.row['mm_token_type_ids'] for r in rendered])[None]
     return out
 
+# %% ../../nbs/27_qwen_family.ipynb #bx27cd01
+QWEN_BOXES = BoxSyntax('qwen2_5_vl', 'resized_pixel', integers=True, kind='json')
+
 # %% ../../nbs/27_qwen_family.ipynb #a4a4df36
 QWEN2_5_VL = Family(
-    name='qwen2_5_vl', syntax=get_syntax('qwen2_5_vl'),
+    name='qwen2_5_vl', syntax=QWEN_BOXES,
     layout=Layout(lm='', decoder='model.language_model', vision='model.visual', projector='model.visual.merger'),
     model_types=('qwen2_5_vl',), chat=QWEN_CHAT, stop_tokens=('<|im_end|>',),
     render=render_qwen, collate=collate_qwen, load=load_qwen, tiny=tiny_qwen_released, enable_packing=enable_packing, hooks=ROPE_INDEX_HOOKS)

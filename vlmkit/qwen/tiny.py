@@ -15,7 +15,7 @@ def tiny_qwen25vl(seed:int=0) -> TinyVLM:
     "transformers' `Qwen2_5_VLForConditionalGeneration` (window-attention ViT + merger + Qwen2 with M-RoPE), random weights."
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    tok = tiny_tokenizer('qwen2_5_vl')
+    tok = tiny_tokenizer()
     ids = dict(zip(['image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id'],
                    tok.convert_tokens_to_ids(['<|image_pad|>', '<|video_pad|>', '<|vision_start|>', '<|vision_end|>'])))
     rope = dict(rope_type='default', rope_theta=10000.0, mrope_section=[2, 3, 3])  # t, h, w halves of head_dim 16
