@@ -1,0 +1,164 @@
+"""Every family through the registry, the way the layers above use them: each public function of vlmkit that takes a
+family (a `Family`, or a family's name where it asks for a box syntax) and each callable a `Family` carries is found by
+walking the package, and runs here for all three families: render, collate packed and padded, the tiny model's forward
+and loss, generate, load, box syntax. A family-taking function this file does not know how to run fails the walk, so
+a new one cannot skip it."""
+import dataclasses, importlib, inspect, pkgutil, tempfile
+from pathlib import Path
+import pytest, torch
+import vlmkit
+from vlmkit.boxes import convert_boxes, format_boxes, format_points, get_syntax, parse_boxes
+from vlmkit.conversation import Conversation, ToolCall, ToolResult, Turn
+from vlmkit.family import FAMILIES, Family, Rendered, family_of
+from vlmkit.testing import noise_image
+
+FAMILY_PARAMS = {'family', 'syntax'}  # parameter names by which a function takes a family
+
+def public_functions():
+    "(module.name, function) for every public function and method of vlmkit's modules."
+    for m in pkgutil.walk_packages(vlmkit.__path__, 'vlmkit.'):
+        if m.name.rpartition('.')[2].startswith('_'): continue
+        mod = importlib.import_module(m.name)
+        for name in getattr(mod, '__all__', []):
+            obj = getattr(mod, name)
+            if inspect.isfunction(obj) and obj.__module__ == mod.__name__: yield f"{m.name}.{name}", obj
+            elif inspect.isclass(obj) and obj.__module__ == mod.__name__:
+                for k, f in vars(obj).items():
+                    if inspect.isfunction(f) and not k.startswith('_'): yield f"{m.name}.{name}.{k}", f
+
+def family_taking() -> set[str]:
+    "What takes a family: functions with a `family`/`syntax` parameter, `Family`'s methods, and the callables it holds."
+    found = {n for n, f in public_functions() if FAMILY_PARAMS & set(inspect.signature(f).parameters)}
+    fields = {fl.name: fl for fl in dataclasses.fields(Family)}
+    found |= {f"vlmkit.family.Family.{k}" for k, f in vars(Family).items() if inspect.isfunction(f) and not k.startswith('_') and k not in fields}
+    found |= {f"Family.{k}" for k, fl in fields.items() if 'Callable' in str(fl.type)}
+    return found | {'vlmkit.family.family_of'}
+
+BOX = [8., 6., 40., 30.]  # pixels of the 60x40 test image
+
+def conversations(fam:Family, processor):
+    "A prompt (image + question), its answer with a box in the family's own syntax, a crop-tool trajectory, and a text-only chat."
+    image = noise_image(0, (60, 40))
+    ask = Conversation([Turn('user', [image, 'Where is the cup?'])])
+    r = fam.render(ask, processor)
+    space = fam.syntax.space
+    box = convert_boxes([BOX], 'pixel', space, size=r.image_sizes[0], resized_size=r.resized_sizes[0] if r.resized_sizes else None)
+    answer = format_boxes(box, fam.syntax, labels='cup')
+    answered = ask.with_turn('assistant', answer)
+    crop = noise_image(1, (24, 20))
+    tool = ask.with_turn('assistant', ['Let me look. ', ToolCall('crop', {'box': BOX}, text='<tool_call>Crop [8, 6, 40, 30]</tool_call>'),
+                                       ToolResult([crop]), 'A cup.'])
+    text = Conversation([Turn('user', 'Say hi.'), Turn('assistant', 'Hi.')])
+    return dict(ask=ask, answered=answered, tool=tool, text=text, answer=answer, rendered_ask=r)
+
+@pytest.fixture(scope='module', params=list(FAMILIES))
+def fam(request): return FAMILIES[request.param]
+
+@pytest.fixture(scope='module')
+def tiny(fam):
+    model, processor = fam.tiny()
+    return model.float().eval(), processor
+
+def test_the_walk_knows_every_family_taking_function():
+    "This file runs each of them below; a new one must be added here (and run for every family)."
+    assert family_taking() == set(RUN), f"not run here: {sorted(family_taking() - set(RUN))}; gone: {sorted(set(RUN) - family_taking())}"
+
+def _run_boxes(fam, tiny):
+    model, processor = tiny
+    c = conversations(fam, processor)
+    r = c['rendered_ask']
+    resized = r.resized_sizes[0] if r.resized_sizes else None
+    assert get_syntax(fam.name) is fam.syntax and get_syntax(fam) is fam.syntax
+    parsed = parse_boxes(c['answer'], fam.name, size=r.image_sizes[0], resized_size=resized)
+    back = parsed.boxes_in('pixel', r.image_sizes[0], resized)[0]
+    assert abs(back - torch.tensor(BOX).numpy()).max() <= (1.0 if fam.syntax.integers else 0.05), (c['answer'], back)
+    if fam.syntax.point or fam.syntax.kind == 'json': format_points([[0.5, 0.5]], fam.name)
+    else: pytest.raises(ValueError, format_points, [[1, 2]], fam.name)
+
+def _run_render(fam, tiny):
+    model, processor = tiny
+    c = conversations(fam, processor)
+    tok = getattr(processor, 'tokenizer', processor)
+    r = fam.render(c['answered'], processor, training=True)
+    assert isinstance(r, Rendered) and r.labels.shape == r.input_ids.shape
+    trained = tok.decode(r.labels[r.labels != -100])
+    assert trained == c['answer'] + '<|im_end|>', trained            # only the answer and its end are trained
+    prompt = fam.render(c['ask'], processor)
+    assert prompt.labels is None and torch.equal(r.input_ids[:len(prompt)], prompt.input_ids)  # training = inference ids
+    t = fam.render(c['tool'], processor, training=True)
+    assert tok.decode(t.labels[t.labels != -100]) == 'Let me look. <tool_call>Crop [8, 6, 40, 30]</tool_call>A cup.<|im_end|>'
+    assert len(t.image_sizes) == 2                                   # the crop is an image the model sees, never trains on
+
+def _batch(fam, processor):
+    c = conversations(fam, processor)
+    return [fam.render(c[k], processor, training=True) for k in ('answered', 'tool', 'text')]
+
+def _run_collate(fam, tiny):
+    "Packed and padded batches of the same samples give the same loss; packed logits equal each sample's own."
+    model, processor = tiny
+    rendered = _batch(fam, processor)
+    fam.enable_packing(model)
+    with torch.no_grad():
+        packed = model(**fam.collate(rendered, pack=True)).loss
+        padded = model(**fam.collate(rendered, pack=False)).loss
+        assert torch.isfinite(packed) and abs(packed - padded) <= 1e-5 * abs(padded), (packed, padded)
+        inputs = fam.collate(rendered, pack=True)
+        inputs.pop('labels')
+        logits = model(**inputs).logits[0]
+        start = 0
+        for r in rendered:
+            alone = fam.collate([r], pack=False)
+            alone.pop('labels')
+            own = model(**alone).logits[0]
+            assert (logits[start:start + len(r)] - own).abs().max() < 1e-4
+            start += len(r)
+
+def _run_tiny(fam, tiny):
+    model, processor = tiny
+    assert family_of(model) is fam and family_of(fam.name) is fam and family_of(fam) is fam
+    assert family_of(model.config) is fam
+
+def _run_stop_ids(fam, tiny):
+    model, processor = tiny
+    tok = getattr(processor, 'tokenizer', processor)
+    assert fam.stop_ids(processor) == [tok.convert_tokens_to_ids('<|im_end|>')]
+
+def _run_generate(fam, tiny):
+    "Two prompts of different lengths decoded together: each row as it decodes alone (greedy)."
+    model, processor = tiny
+    c = conversations(fam, processor)
+    both = fam.generate(model, processor, [c['ask'], Conversation(c['text'].turns[:1])], max_new_tokens=4)
+    alone = fam.generate(model, processor, [c['ask']], max_new_tokens=4)
+    assert both.shape[0] == 2 and torch.equal(both[0, :alone.shape[1]], alone[0])
+    gen_kwargs = fam.generation_kwargs(processor)
+    assert isinstance(gen_kwargs, dict)
+
+def _run_hooks(fam, tiny):
+    "The hooks are what generate decodes with: the decoder hook names a module that runs every step."
+    model, processor = tiny
+    assert isinstance(fam.hooks.decoder(model), torch.nn.Module)
+
+def _run_load(fam, tiny):
+    "A checkpoint folder saved from the tiny model loads back through the family: same logits."
+    model, processor = tiny
+    d = Path(tempfile.mkdtemp())
+    model.save_pretrained(d)
+    if hasattr(processor, 'save_pretrained'): processor.save_pretrained(d)
+    loaded, proc2 = fam.load(d, dtype=torch.float32)
+    assert family_of(d) is fam and family_of(loaded) is fam
+    inputs = fam.collate([fam.render(conversations(fam, processor)['ask'], processor)], pack=False)
+    with torch.no_grad(): assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
+
+RUN = {
+    'vlmkit.boxes.get_syntax': _run_boxes, 'vlmkit.boxes.parse_boxes': _run_boxes, 'vlmkit.boxes.format_boxes': _run_boxes,
+    'vlmkit.boxes.format_points': _run_boxes,
+    'Family.render': _run_render, 'Family.collate': _run_collate, 'Family.enable_packing': _run_collate,
+    'Family.tiny': _run_tiny, 'vlmkit.family.family_of': _run_tiny, 'Family.load': _run_load,
+    'Family.generation_kwargs': _run_generate, 'vlmkit.family.Family.generate': _run_generate,
+    'vlmkit.family.Family.stop_ids': _run_stop_ids,
+}
+
+@pytest.mark.parametrize('run', sorted(set(RUN.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__[5:])
+def test_every_family(fam, tiny, run): run(fam, tiny)
+
+def test_hooks(fam, tiny): _run_hooks(fam, tiny)
