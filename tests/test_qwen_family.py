@@ -94,7 +94,7 @@ def test_crop_trajectory_masks_the_crop_and_prefix_equals_prompt():
 
 def test_bad_input_is_named():
     _, proc = tiny_pair()
-    with pytest.raises(ConversationError, match=r'turn 2 \(user\), part 1 \(image\), src: image 1 does not load: nowhere/x.png'):
+    with pytest.raises(ConversationError, match=r'turn 2 \(user\), part 1 \(image\): nowhere/x.png: file not found'):
         render_qwen(Conversation([Turn('user', [A, 'a']), Turn('assistant', ['b']), Turn('user', ['c', ImageRef('x.png')])]), proc, root='nowhere')
     with pytest.raises(ConversationError, match=r'turn 0 \(user\), part 0 \(text\): the text holds <\|vision_start\|>'):
         render_qwen(Conversation([Turn('user', ['<|vision_start|>hi'])]), proc)
@@ -158,7 +158,7 @@ def video_conv(fps=None):
     return Conversation([Turn('user', [VideoRef([noise_image(i, (60, 40)) for i in range(4)], fps=fps), 'What moves?'])])
 
 def test_video_without_video_processor_names_torchvision():
-    with pytest.raises(ConversationError, match=r'part 0 \(video\), src: video 0: .*needs torchvision'):
+    with pytest.raises(ConversationError, match=r'part 0 \(video\): .*needs torchvision'):
         render_qwen(video_conv(), tiny_pair()[1])
 
 def test_video_equals_processor_and_packs():

@@ -172,6 +172,10 @@ class VideoRef:
 
     @property
     def name(self) -> str: return self.src if isinstance(self.src, str) else f"<{len(self.src)} frames>"
+    def source(self, root=None):
+        "The video as a processor takes it: its file path (a relative one resolved against `root`), or its frames as decoded RGB images."
+        if isinstance(self.src, str): return _resolve(self.src, root)
+        return [open_image(_resolve(f, root) if isinstance(f, str) else f) for f in self.src]
     def __repr__(self): return f"VideoRef({self.src!r})" if isinstance(self.src, str) else f"VideoRef({self.name}" + (f", fps={_fmt(self.fps)})" if self.fps else ')')
 
 # %% ../nbs/06_conversation.ipynb #a84419b9
@@ -341,6 +345,16 @@ class Placed:
     def __repr__(self): return (f"Placed({self.item!r} at turn {self.turn} ({self.role}), part {self.part}"
                                 + (f", result content {self.sub}" if self.sub is not None else '') + ')')
 
+    def error(self, reason:str) -> ConversationError:
+        "A `ConversationError` located at this item: its turn, role and part (and content index in a tool result)."
+        if self.sub is None: return ConversationError(reason, part=self.part, kind=PART_KINDS[type(self.item)], turn=self.turn, role=self.role)
+        return ConversationError(reason, f"content[{self.sub}]", self.part, 'tool_result', self.turn, self.role)
+
+    def load(self, root=None, **kw) -> Image.Image:
+        "The image here, decoded (`ImageRef.load`); one that does not load is a `ConversationError` naming the file and this place."
+        try: return self.item.load(root, **kw)
+        except ImageLoadError as e: raise self.error(str(e)) from e
+
 def _tool_pairs(turns) -> list:
     "Each ToolCall (Placed) with the ToolResult (Placed) that answers it, or None; a result with no call to answer raises."
     pairs, pending = [], []
@@ -427,6 +441,10 @@ class Conversation:
     def videos(self) -> tuple:
         "Every video in order, each a `Placed`."
         return self._placed(VideoRef)
+    @property
+    def visuals(self) -> tuple:
+        "Every image and video in order of appearance (tool-returned crops included), each a `Placed`: the order a model sees them."
+        return self._placed((ImageRef, VideoRef))
     @property
     def tool_calls(self) -> tuple:
         "Every tool call in order, each a `Placed`."

@@ -12,13 +12,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from .boxes import BoxSyntax
-from .conversation import Conversation, ImageRef, Text, ToolCall, ToolResult, VideoRef
+from .conversation import PART_KINDS, Conversation, ConversationError, ImageRef, Text, ToolCall, ToolResult, VideoRef
 from .generation import GenerationHooks
 from .packing import pack_rows
 
 # %% auto #0
-__all__ = ['FAMILY_SOURCES', 'FAMILIES', 'Layout', 'ChatFormat', 'tool_call_text', 'Piece', 'chat_pieces', 'tokenize_pieces',
-           'Rendered', 'pad_batch', 'concat_visual', 'pack_rendered', 'Family', 'Registry', 'family_of']
+__all__ = ['FAMILY_SOURCES', 'FAMILIES', 'Layout', 'ChatFormat', 'tool_call_text', 'Piece', 'check_reserved', 'chat_pieces',
+           'tokenize_pieces', 'Rendered', 'pad_batch', 'concat_visual', 'pack_rendered', 'Family', 'Registry',
+           'family_of']
 
 # %% ../nbs/09b_family.ipynb #3765fea4
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ChatFormat:
     item_sep: str = ''               # between a user turn's items (Ovis2.5 puts '\n' between an image and the text)
     after_image: str = ''            # after each image of a user turn (InternVL writes '<image>\n')
     no_thinking: str = ''            # after the generation prompt when thinking is off (Qwen3: an empty think block)
+    reserved: tuple = ()             # tokens only rendering writes (a family's image tokens): refused in a conversation's text
 
 def tool_call_text(call:ToolCall) -> str:
     "The text of a tool call as generated: its own `text`, else Qwen's `<tool_call>` JSON of name and arguments."
@@ -95,11 +97,28 @@ def _tool_pieces(turn) -> list[Piece]:
     for p in turn.content: out += [Piece('<tool_response>\n'), *_result_pieces(p), Piece('\n</tool_response>')]
     return out
 
+def _texts(part) -> list[str]:
+    if isinstance(part, Text): return [part.text]
+    if isinstance(part, ToolCall): return [tool_call_text(part)]
+    if isinstance(part, ToolResult): return [q.text for q in part.content if isinstance(q, Text)]
+    return []
+
+def check_reserved(conv:Conversation, tokens) -> None:
+    "Refuse, naming where, text of `conv` that holds one of `tokens`: the model would take it for an image position."
+    found = lambda s: next((t for t in tokens if t in s), None)
+    why = lambda t: f"the text holds {t}, which only rendering writes (around each image); give images as image parts"
+    if conv.system is not None and (t := found(conv.system)): raise ConversationError(why(t), 'system')
+    for ti, turn in enumerate(conv.turns):
+        for pi, part in enumerate(turn.content):
+            for text in _texts(part):
+                if (t := found(text)): raise ConversationError(why(t), turn=ti, role=turn.role, part=pi, kind=PART_KINDS[type(part)])
+
 def chat_pieces(conv:Conversation, fmt:ChatFormat=ChatFormat(), training:bool=False, thinking:bool=True) -> list[Piece]:
     """`conv` as ChatML pieces: assistant text, tool calls and each assistant `<|im_end|>` trained; the rest not.
 
     `training=False` renders a prompt, nothing trained: after a user or tool turn the generation prompt follows; a last assistant turn stays
     open (no `<|im_end|>`), so the model continues it (after a tool's result, say)."""
+    check_reserved(conv, fmt.reserved)
     system = conv.system if conv.system is not None else fmt.default_system
     out = [] if system is None else [Piece(f'<|im_start|>system\n{system}<|im_end|>\n')]
     for i, t in enumerate(conv.turns):

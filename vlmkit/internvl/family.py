@@ -18,14 +18,13 @@ from .prompt import IMG_CONTEXT, IMG_END, IMG_START, hf_processor
 from .tiny import tiny_internvl, tiny_internvl_processor
 
 # %% auto #0
-__all__ = ['INTERNVL_CHAT', 'INTERNVL_IMAGE_TOKENS', 'INTERNVL_BOXES', 'INTERNVL3_5', 'internvl_image_ids',
-           'internvl_images_kwargs', 'tiled_canvas', 'internvl_image_tiles', 'internvl_video_frames',
-           'check_internvl_text', 'render_internvl', 'collate_internvl', 'enable_internvl_packing', 'load_internvl',
-           'tiny_internvl_pair']
+__all__ = ['INTERNVL_IMAGE_TOKENS', 'INTERNVL_CHAT', 'INTERNVL_BOXES', 'INTERNVL3_5', 'internvl_image_ids',
+           'internvl_images_kwargs', 'tiled_canvas', 'internvl_image_tiles', 'internvl_video_frames', 'render_internvl',
+           'collate_internvl', 'enable_internvl_packing', 'load_internvl', 'tiny_internvl_pair']
 
 # %% ../../nbs/23_internvl_family.ipynb #69e1ac64
-INTERNVL_CHAT = ChatFormat(after_image='\n')  # -HF template: no default system prompt, '<image>\n' per image, items joined with ''
 INTERNVL_IMAGE_TOKENS = (IMG_START, IMG_END, IMG_CONTEXT)  # what an image span is made of; never in a conversation's text
+INTERNVL_CHAT = ChatFormat(after_image='\n', reserved=INTERNVL_IMAGE_TOKENS)  # -HF template: no default system prompt, '<image>\n' per image
 
 # %% ../../nbs/23_internvl_family.ipynb #5643d052
 def internvl_image_ids(processor, n_tiles:int) -> list[int]:
@@ -54,8 +53,6 @@ def internvl_image_tiles(processor, image) -> tuple[torch.Tensor, tuple[int, int
     return feats['pixel_values'], tiled_canvas(processor.image_processor, image.size, kw)
 
 # %% ../../nbs/23_internvl_family.ipynb #26c85a63
-def _resolve(src:str, root) -> str: return src if root is None or os.path.isabs(src) else os.path.join(os.fspath(root), src)
-
 def internvl_video_frames(processor, video:VideoRef, root=None) -> torch.Tensor:
     "`[frames, 3, H, W]` of `video` (a file, or its frames) through the processor's video processor (`InternVLVideoProcessor`)."
     vp = getattr(processor, 'video_processor', None)
@@ -65,50 +62,19 @@ def internvl_video_frames(processor, video:VideoRef, root=None) -> torch.Tensor:
                 "a video processor, and this processor has none (hf_processor(folder) adds the folder's where torchvision is installed)")
         raise ValueError(f"InternVL3.5-HF reads videos through transformers' InternVLVideoProcessor, which needs {need}; "
                          "or give the frames as images")
-    src = (_resolve(video.src, root) if isinstance(video.src, str) else
-           [open_image(_resolve(f, root) if isinstance(f, str) else f) for f in video.src])
-    return vp(videos=[src], return_tensors='pt')['pixel_values_videos'][0]
-
-# %% ../../nbs/23_internvl_family.ipynb #ec6c75dc
-def _visual_places(conv:Conversation) -> list[dict]:
-    "Where each image or video of `conv` sits (turn, role, part, field), in the order `chat_pieces` lays them out."
-    out = []
-    for t, turn in enumerate(conv.turns):
-        for p, part in enumerate(turn.content):
-            if isinstance(part, (ImageRef, VideoRef)): out.append(dict(turn=t, role=turn.role, part=p, kind=PART_KINDS[type(part)]))
-            elif isinstance(part, ToolResult):
-                out += [dict(turn=t, role=turn.role, part=p, kind='tool_result', field=f'content[{j}]')
-                        for j, q in enumerate(part.content) if isinstance(q, ImageRef)]
-    return out
-
-def _texts(part) -> list[str]:
-    if isinstance(part, Text): return [part.text]
-    if isinstance(part, ToolCall): return [tool_call_text(part)]
-    if isinstance(part, ToolResult): return [q.text for q in part.content if isinstance(q, Text)]
-    return []
-
-def check_internvl_text(conv:Conversation):
-    "Refuse, by place, text holding one of `INTERNVL_IMAGE_TOKENS`: the model would count it as an image position."
-    def found(s): return next((t for t in INTERNVL_IMAGE_TOKENS if t in s), None)
-    def why(t): return f"the text holds {t}, one of InternVL's image tokens: the model would take it for an image position"
-    if conv.system is not None and (t := found(conv.system)): raise ConversationError(why(t), 'system')
-    for ti, turn in enumerate(conv.turns):
-        for pi, part in enumerate(turn.content):
-            for s in _texts(part):
-                if (t := found(s)): raise ConversationError(why(t), turn=ti, role=turn.role, part=pi, kind=PART_KINDS[type(part)])
+    return vp(videos=[video.source(root)], return_tensors='pt')['pixel_values_videos'][0]
 
 # %% ../../nbs/23_internvl_family.ipynb #4e953a5e
 def render_internvl(conv:Conversation, processor, training:bool=False, root=None) -> Rendered:
     """`conv` as InternVL3.5-HF reads it: ids as `InternVLProcessor` gives them, `pixel_values` of every image's tiles and
     video's frames in order, labels when `training`. Relative image paths resolve against `root`."""
-    check_internvl_text(conv)
-    places = _visual_places(conv)
+    places = conv.visuals
     pieces, spans, pixels, sizes, canvases = [], [], [], [], []
     for p in chat_pieces(conv, INTERNVL_CHAT, training):
         if p.visual is None: pieces.append(p); continue
         try:
             if isinstance(p.visual, ImageRef):
-                image = p.visual.load(root)
+                image = places[len(pixels)].load(root)
                 pv, canvas = internvl_image_tiles(processor, image)
                 pieces.append(p); spans.append(internvl_image_ids(processor, len(pv)))
                 sizes.append(image.size); canvases.append(canvas)
@@ -119,7 +85,7 @@ def render_internvl(conv:Conversation, processor, training:bool=False, root=None
                     spans.append(internvl_image_ids(processor, 1))
                 pieces.append(Piece('\n'))
         except ConversationError: raise
-        except (ImageLoadError, OSError, ValueError) as e: raise ConversationError(str(e), **places[len(pixels)]) from e
+        except (ImageLoadError, OSError, ValueError) as e: raise places[len(pixels)].error(str(e)) from e
         pixels.append(pv)
     ids, labels = tokenize_pieces(processor.tokenizer, pieces, lambda i, ref: spans[i])
     return Rendered(ids, labels if training else None, dict(pixel_values=torch.cat(pixels)) if pixels else {},

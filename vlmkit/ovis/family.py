@@ -48,36 +48,30 @@ def show_ids(tokenizer, ids) -> str:
     return ''.join(out)
 
 # %% ../../nbs/14_ovis_family.ipynb #210297e1
-def _where(p:Placed, reason:str) -> ConversationError:
-    "An error located at the image or video `p`."
-    if p.sub is not None: return ConversationError(reason, f"content[{p.sub}]", p.part, 'tool_result', p.turn, p.role)
-    return ConversationError(reason, None, p.part, 'video' if isinstance(p.item, VideoRef) else 'image', p.turn, p.role)
-
 def visual_places(conv:Conversation) -> list[Placed]:
     "Every image and video of `conv` in prompt order (tool-returned crops included); Ovis2.5 takes images or one video per sample."
-    places = sorted(conv.images + conv.videos, key=lambda p: (p.turn, p.part, -1 if p.sub is None else p.sub))
+    places = conv.visuals
     videos = [p for p in places if isinstance(p.item, VideoRef)]
     if videos and len(videos) < len(places):
-        raise _where(videos[0], f"Ovis2.5 takes images or one video per sample, not both ({len(places) - len(videos)} image(s) "
+        raise videos[0].error(f"Ovis2.5 takes images or one video per sample, not both ({len(places) - len(videos)} image(s) "
                                 f"and {len(videos)} video(s)); put the video in a sample of its own")
-    if len(videos) > 1: raise _where(videos[1], f"Ovis2.5 takes one video per sample; this conversation has {len(videos)}")
+    if len(videos) > 1: raise videos[1].error(f"Ovis2.5 takes one video per sample; this conversation has {len(videos)}")
     return places
 
 def _frames(ref:VideoRef, root=None) -> list[Image.Image]:
     if isinstance(ref.src, str):
         raise ValueError(f"{ref.src}: Ovis2.5 takes a video as its frames; sample them first (vlmkit.video.save_frames, or "
                          "PIL images of vlmkit.video.sample_frames) and give VideoRef([frame, ...])")
-    path = lambda f: f if root is None or not isinstance(f, str) or os.path.isabs(f) else os.path.join(os.fspath(root), f)
-    return [open_image(path(f)) for f in ref.src]
+    return ref.source(root)
 
 def load_visual(p:Placed, processor:OvisProcessor, root=None) -> tuple[torch.Tensor, torch.Tensor, tuple|None]:
     "`(pixel_values [P, 768] float32, grid_thw [1, 3], (width, height) of the image or None for a video)` of the visual at `p`."
     try:
         if isinstance(p.item, VideoRef): return (*processor.preprocess(video=_frames(p.item, root)), None)
-        img = p.item.load(root)
+        img = p.load(root)
         return (*processor.preprocess(image=img), img.size)
-    except ImageLoadError as e: raise ImageLoadError(e.name, f"{e.reason} (at {_where(p, '').where})") from e
-    except ValueError as e: raise _where(p, str(e)) from e
+    except ConversationError: raise
+    except ValueError as e: raise p.error(str(e)) from e
 
 # %% ../../nbs/14_ovis_family.ipynb #99f18b42
 def render_ovis(conv:Conversation, processor:OvisProcessor, training:bool=False, thinking:bool=True, root=None) -> Rendered:

@@ -39,7 +39,7 @@ QWEN_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # the released checkpoints' chat_template.json
 
-QWEN_CHAT = ChatFormat(default_system='You are a helpful assistant.')
+QWEN_CHAT = ChatFormat(default_system='You are a helpful assistant.', reserved=(IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END))
 
 # %% ../../nbs/27_qwen_family.ipynb #fac8e19d
 def tiny_qwen_released(seed:int=0) -> tuple:
@@ -63,9 +63,6 @@ def mm_token_types(input_ids:torch.Tensor, tokenizer) -> torch.Tensor:
     return (input_ids == image).long() + 2 * (input_ids == video).long()
 
 # %% ../../nbs/27_qwen_family.ipynb #70005cc2
-def _resolve(src, root):
-    return src if not isinstance(src, str) or root is None or os.path.isabs(src) else os.path.join(os.fspath(root), src)
-
 def qwen_video_inputs(processor, video:VideoRef, root=None) -> dict:
     "`pixel_values_videos`, `video_grid_thw` `[1, 3]` and `second_per_grid_ts` `[1]` of one video, from the processor's video processor."
     vp = getattr(processor, 'video_processor', None)
@@ -73,10 +70,8 @@ def qwen_video_inputs(processor, video:VideoRef, root=None) -> dict:
         raise ValueError(f"{type(processor).__name__} has no video processor: Qwen2.5-VL's video pixels come from transformers' "
                          "Qwen2VLVideoProcessor, which needs torchvision (install torchvision, then load the processor with "
                          "vlmkit.qwen.processing.load_processor, or pass a video_processor to qwen_processor)")
-    if isinstance(video.src, str): frames, meta = _resolve(video.src, root), None
-    else:
-        frames = [open_image(_resolve(f, root)) for f in video.src]
-        meta = None if video.fps is None else [dict(fps=video.fps, total_num_frames=len(frames))]
+    frames = video.source(root)
+    meta = None if isinstance(frames, str) or video.fps is None else [dict(fps=video.fps, total_num_frames=len(frames))]
     out = dict(vp(videos=[frames], video_metadata=meta, return_metadata=True, return_tensors='pt'))
     fps = out.pop('video_metadata')[0].sampled_fps
     return out | dict(second_per_grid_ts=torch.tensor([vp.temporal_patch_size / fps]))
@@ -96,26 +91,6 @@ def rope_config(processor, tokens_per_second:int=TOKENS_PER_SECOND) -> SimpleNam
     return SimpleNamespace(image_token_id=image, video_token_id=video, vision_config=vision)
 
 # %% ../../nbs/27_qwen_family.ipynb #d42d8d2d
-def _placed_visuals(conv:Conversation) -> list:
-    "Every image and video (`Placed`), in the order `chat_pieces` meets them."
-    return sorted(conv.images + conv.videos, key=lambda p: (p.turn, p.part, -1 if p.sub is None else p.sub))
-
-def _where(place, fld:str='src') -> dict:
-    "ConversationError location of a placed image or video: its turn, part and field."
-    kind = 'image' if isinstance(place.item, ImageRef) else 'video'
-    if place.sub is None: return dict(field=fld, part=place.part, kind=kind, turn=place.turn, role=place.role)
-    return dict(field=f"content[{place.sub}].{fld}", part=place.part, kind='tool_result', turn=place.turn, role=place.role)
-
-def _check_text(conv:Conversation):
-    "No text part holds a vision token (only `render_qwen` writes them)."
-    for ti, t in enumerate(conv.turns):
-        for pi, p in enumerate(t.content):
-            texts = [p] if isinstance(p, Text) else [q for q in p.content if isinstance(q, Text)] if isinstance(p, ToolResult) else []
-            for tok in (IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END):
-                if any(tok in q.text for q in texts):
-                    raise ConversationError(f"the text holds {tok}, which render_qwen writes around each image and video itself; "
-                                            "give images as image parts", part=pi, kind=PART_KINDS[type(p)], turn=ti, role=t.role)
-
 def _cat(parts:list[dict]) -> dict:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
@@ -124,19 +99,17 @@ def render_qwen(conv:Conversation, processor, training:bool=False, root=None, to
     """`conv` as Qwen2.5-VL reads it: ids (labels when `training`), pixels and grids, `mm_token_type_ids`, 3-D positions,
     and each image's original and resized (w, h). A prompt (`training=False`) ends with the generation prompt, or inside
     a last assistant turn left open. Relative image paths resolve against `root`."""
-    _check_text(conv)
     tok, ip = processor.tokenizer, processor.image_processor
-    places, images, videos, sizes, resized = _placed_visuals(conv), [], [], [], []
+    places, images, videos, sizes, resized = conv.visuals, [], [], [], []
     def visual_ids(i:int, ref) -> list[int]:
         place = places[i]
         if isinstance(ref, ImageRef):
-            try: img = ref.load(root)
-            except ImageLoadError as e: raise ConversationError(f"image {i} does not load: {e}", **_where(place)) from None
+            img = place.load(root)
             x = qwen_image_inputs(processor, img)
             images.append(x); sizes.append(img.size); resized.append(resized_size_from_grid(x['image_grid_thw'][0], ip.patch_size))
             return qwen_visual_ids(tok, IMAGE_PAD, image_token_counts(x['image_grid_thw'], ip.merge_size)[0])
         try: x = qwen_video_inputs(processor, ref, root)
-        except Exception as e: raise ConversationError(f"video {i}: {e}", **_where(place)) from e
+        except Exception as e: raise place.error(str(e)) from e
         videos.append(x)
         return qwen_visual_ids(tok, VIDEO_PAD, image_token_counts(x['video_grid_thw'], processor.video_processor.merge_size)[0])
     ids, labels = tokenize_pieces(tok, chat_pieces(conv, QWEN_CHAT, training), visual_ids)
