@@ -19,7 +19,9 @@ LAYERS = {
     # model families (10-29): one package each
     'vlmkit.ovis': 10, 'vlmkit.internvl': 10, 'vlmkit.qwen': 10,
     'vlmkit.lora': 30,  # adaptation
-    # data (40s), training (50s), evaluation (60s) and apps (70s) get their rows when their modules arrive
+    'vlmkit.data': 40, 'vlmkit.tools': 40, 'vlmkit.collation': 40,  # data
+    'vlmkit.sft': 50, 'vlmkit.cli': 70,  # training; apps
+    # evaluation (60s) and the other apps (70s) get their rows when their modules arrive
     'vlmkit.tour': 80,
 }
 FAMILIES = ('vlmkit.ovis', 'vlmkit.internvl', 'vlmkit.qwen')
