@@ -238,7 +238,7 @@ class Family:
                       hooks=self.hooks) | self.generation_kwargs(processor) | kwargs
         return generate(model, [r.input_ids for r in rendered], max_new_tokens=max_new_tokens, **inputs, **kwargs)
 
-# %% ../nbs/09b_family.ipynb #e472805e
+# %% ../nbs/09b_family.ipynb #e6639785
 FAMILY_SOURCES = {'ovis2_5': 'vlmkit.ovis.family:OVIS2_5', 'internvl3_5': 'vlmkit.internvl.family:INTERNVL3_5',
                   'qwen2_5_vl': 'vlmkit.qwen.family:QWEN2_5_VL'}
 
@@ -259,7 +259,7 @@ class Registry(Mapping):
 
 FAMILIES = Registry(FAMILY_SOURCES)
 
-# %% ../nbs/09b_family.ipynb #89f11185
+# %% ../nbs/09b_family.ipynb #56fe9c8f
 def _config_of(x):
     "A config (object or dict) of `x`: a model's, a folder's `config.json`, or `x` itself."
     if isinstance(x, nn.Module):
