@@ -8,7 +8,7 @@ import importlib, json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 import torch
 from torch import nn
 from .boxes import BoxSyntax

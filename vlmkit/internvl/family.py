@@ -4,15 +4,14 @@
 
 # %% ../../nbs/23_internvl_family.ipynb #11f0308e
 from __future__ import annotations
-import json, os
+import json
 from pathlib import Path
 import torch
 from ..attention import register_varlen_attention
 from ..boxes import BoxSyntax
-from ..conversation import PART_KINDS, Conversation, ConversationError, ImageRef, Text, ToolCall, ToolResult, VideoRef
-from ..family import (
-    ChatFormat, Family, Layout, Piece, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces, tool_call_text)
-from ..images import ImageLoadError, open_image
+from ..conversation import Conversation, ConversationError, ImageRef, VideoRef
+from ..family import (ChatFormat, Family, Layout, Piece, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces)
+from ..images import ImageLoadError
 from ..packing import packed_attention_kwargs
 from .prompt import IMG_CONTEXT, IMG_END, IMG_START, hf_processor
 from .tiny import tiny_internvl, tiny_internvl_processor

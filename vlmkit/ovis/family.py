@@ -4,7 +4,6 @@
 
 # %% ../../nbs/14_ovis_family.ipynb #8d985265
 from __future__ import annotations
-import os
 import torch
 from PIL import Image
 from ..attention import VARLEN_IMPL, register_varlen_attention
@@ -12,7 +11,6 @@ from ..boxes import BoxSyntax
 from ..conversation import Conversation, ConversationError, Placed, VideoRef
 from ..family import (ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch,
     tokenize_pieces)
-from ..images import ImageLoadError, open_image
 from .generation import OVIS_HOOKS, early_stopping_ids
 from .modeling import Ovis2_5ForConditionalGeneration, tiny_ovis25_config
 from .preprocessing import (INDICATOR_IDS, OVIS_CHAT_TEMPLATE, PATCH_SIZE, VISUAL_ATOM_ID, OvisProcessor,

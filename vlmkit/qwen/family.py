@@ -4,15 +4,13 @@
 
 # %% ../../nbs/27_qwen_family.ipynb #6bb613c3
 from __future__ import annotations
-import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 import torch
 from ..boxes import BoxSyntax, resized_size_from_grid
-from ..conversation import PART_KINDS, Conversation, ConversationError, ImageRef, Text, ToolResult, VideoRef
+from ..conversation import Conversation, ImageRef, VideoRef
 from ..family import ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces
 from ..generation import ROPE_INDEX_HOOKS
-from ..images import ImageLoadError, open_image
 from .packing import enable_packing, rope_positions
 from .processing import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, image_token_counts, load_qwen, qwen_processor, tiny_qwen
 
