@@ -160,7 +160,18 @@ def _run_pack_rows(fam, tiny):
     with torch.no_grad():
         for batch in packing.batches(fam): assert torch.isfinite(model(**batch).loss)
 
+def _run_token_lengths(fam, tiny):
+    "Token lengths of data rendered by the family (`vlmkit.data`): one per sample, equal to the rendered length."
+    from vlmkit.data import token_lengths
+    model, processor = tiny
+    c = conversations(fam, processor)
+    convs = [c['answered'], c['tool'], c['text']]
+    tl = token_lengths(convs, fam, processor)
+    assert tl.family == fam.name and tl.lengths.tolist() == [len(fam.render(x, processor, training=True)) for x in convs]
+    assert tl.trained.tolist() == [fam.render(x, processor, training=True).n_trained for x in convs]
+
 RUN = {
+    'vlmkit.data.token_lengths': _run_token_lengths,
     'vlmkit.boxes.get_syntax': _run_boxes, 'vlmkit.boxes.parse_boxes': _run_boxes, 'vlmkit.boxes.format_boxes': _run_boxes,
     'vlmkit.boxes.format_points': _run_boxes,
     'Family.render': _run_render, 'Family.collate': _run_collate, 'Family.enable_packing': _run_collate,
