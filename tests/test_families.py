@@ -149,13 +149,24 @@ def _run_load(fam, tiny):
     inputs = fam.collate([fam.render(conversations(fam, processor)['ask'], processor)], pack=False)
     with torch.no_grad(): assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
 
+def _run_pack_rows(fam, tiny):
+    "Samples packed into rows by a token budget (`vlmkit.collation`): each row's batch runs; every sample is in one row."
+    from vlmkit.collation import pack_rows_by_budget
+    model, processor = tiny
+    rendered = _batch(fam, processor)
+    packing = pack_rows_by_budget(rendered, max(len(r) for r in rendered) + 1)
+    assert sorted(i for row in packing.rows for i in row) == list(range(len(rendered))) and not packing.left_out
+    fam.enable_packing(model)
+    with torch.no_grad():
+        for batch in packing.batches(fam): assert torch.isfinite(model(**batch).loss)
+
 RUN = {
     'vlmkit.boxes.get_syntax': _run_boxes, 'vlmkit.boxes.parse_boxes': _run_boxes, 'vlmkit.boxes.format_boxes': _run_boxes,
     'vlmkit.boxes.format_points': _run_boxes,
     'Family.render': _run_render, 'Family.collate': _run_collate, 'Family.enable_packing': _run_collate,
     'Family.tiny': _run_tiny, 'vlmkit.family.family_of': _run_tiny, 'Family.load': _run_load,
     'Family.generation_kwargs': _run_generate, 'vlmkit.family.Family.generate': _run_generate,
-    'vlmkit.family.Family.stop_ids': _run_stop_ids,
+    'vlmkit.family.Family.stop_ids': _run_stop_ids, 'vlmkit.collation.RowPacking.batches': _run_pack_rows,
 }
 
 @pytest.mark.parametrize('run', sorted(set(RUN.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__[5:])
