@@ -290,3 +290,17 @@ def test_a_final_call_without_its_crop_stays_pending():
     conv = croptool_conversation({'image': 'a.jpg', 'conversations': [{'from': 'human', 'value': '<image>\nQ'},
                                                                        {'from': 'gpt', 'value': 'Look <tool_call>Crop [1, 2, 30, 40]</tool_call>'}]})
     assert len(conv.pending_calls) == 1
+
+@pytest.mark.parametrize('family', ['ovis2_5', 'internvl3_5', 'qwen2_5_vl'])
+def test_a_converted_record_renders_with_its_crops_and_trains_exactly_the_answer(family):
+    "Every family renders a legacy record with three crops (a synthetic 640x480 image stands in for the absent COCO one): one image and three crops, and the trained tokens are the answer as written plus <|im_end|>."
+    from vlmkit.family import FAMILIES, tool_call_text
+    legacy, _ = fixture_records()
+    img, _ = synthetic_image(0, size=(640, 480), n_objects=2)
+    conv = legacy_crop_conversation(legacy[20]).map_images(lambda r: replace(r, src=img))
+    fam = FAMILIES[family]
+    _, processor = fam.tiny()
+    r = fam.render(conv, processor, training=True)
+    answer = ''.join(p.text if isinstance(p, Text) else tool_call_text(p) for p in conv.turns[1].content if isinstance(p, (Text, ToolCall)))
+    assert getattr(processor, 'tokenizer', processor).decode(r.input_ids[r.labels != -100]) == answer + '<|im_end|>'
+    assert len(r.image_sizes) == 4
