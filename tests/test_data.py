@@ -289,7 +289,9 @@ def test_seed_files():
     convs, report = read_conversations([seed/'refcoco'/'refcoco_qa_pairs_sample.jsonl', *sorted((seed/'refcoco_id').glob('*.json'))], check_images=False)
     assert len(report) == 0 and len(convs) == 50 + sum(len(json.loads(p.read_text())) for p in (seed/'refcoco_id').glob('*.json'))
     assert shared_images(split_conversations(convs, {'train': 0.5, 'val': 0.5})) == {}
-    _, report = read_conversations(seed/'refcoco'/'refcoco_qa_pairs_croptool_sample.json', check_images=False)
-    assert {p.kind for p in report} == {'placeholder'} and "crop-tool data" in report.problems[0].reason
+    # the research crop-tool forms are formats too (registered by vlmkit.tools): calls and crops where they happen
+    convs, report = read_conversations(seed/'refcoco'/'refcoco_qa_pairs_croptool_sample.json', check_images=False)
+    assert len(report) == 0 and len(convs) == 3 and {c.meta['format'] for c in convs} == {'research_croptool'}
+    assert all(len(c.tool_pairs) == len(c.images) - 1 for c in convs)   # one crop per call, after the question's image
     mix, report = read_mixture(seed/'datainfo'/'theo_test_datainfo.json', path_map={'./Ovis/src_theo/sample_data': seed/'sample_data'})
     assert [(s.name, s.loaded) for s in mix.sources] == [('test_dataset', 4)] and len(report) == 0

@@ -449,6 +449,7 @@ def read_conversations(path, image_root=None, format:str|Format|None=None, requi
             c, r = read_conversations(p, image_root, format, require_answer, check_images, checks, **options)
             convs += c; report.extend(r)
         return convs, report
+    import vlmkit.tools  # noqa: F401 (registers the research crop-tool formats it defines)
     if isinstance(format, str) and format not in FORMATS: raise KeyError(f"unknown format {format!r}; registered: {list(FORMATS)}")
     fmt = FORMATS[format] if isinstance(format, str) else format
     path, file, report, convs = Path(path), str(path), DataReport(), []

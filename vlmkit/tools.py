@@ -557,3 +557,27 @@ def croptool_conversation(record:dict, where:str|None=None) -> Conversation:
         if given != len(images): raise ConversationError(f"{len(images)} image(s) but {given} {IMAGE_PLACEHOLDER} placeholder(s) in the questions", 'image')
         return Conversation(turns, system=system, meta={k: record[k] for k in ('image_id',) if k in record})
     except ConversationError as e: raise _record_error(where, e) from None
+
+# %% ../nbs/41_tools.ipynb #tl41rg02
+from .data import Format, RecordContext, register_format
+
+def _has_legacy_crop(r) -> bool:
+    qna = r.get('QnA') if isinstance(r, dict) and 'image_path' in r else None
+    return isinstance(qna, list) and any(isinstance(q, dict) and '{Crop' in str(q.get('A3', '')) for q in qna)
+
+def _has_tool_call(r) -> bool:
+    turns = r.get('conversations') if isinstance(r, dict) and 'image' in r else None
+    return isinstance(turns, list) and any(isinstance(t, dict) and '<tool_call>Crop' in str(t.get('value', '')) for t in turns)
+
+def _in_context(read):
+    "A `(record, where)` reader as a `vlmkit.data` format reader: paths resolved, the record's file and line in `meta`."
+    def read_record(record:dict, ctx:RecordContext) -> Conversation:
+        conv = read(record, where=f"{ctx.file}:{ctx.line}", **ctx.options)
+        conv = conv.map_images(lambda ref: replace(ref, src=ctx.path(ref.src)) if isinstance(ref.src, str) else ref)
+        return replace(conv, meta={**conv.meta, **ctx.meta})
+    return read_record
+
+register_format(Format('research_legacy_crop', _has_legacy_crop, _in_context(legacy_crop_conversation), keys=None, priority=10,
+                       about='image_path + QnA [{Q, A3}] with {Crop names [x1, y1, x2, y2]} calls'), replace=True)
+register_format(Format('research_croptool', _has_tool_call, _in_context(croptool_conversation), keys=None, priority=10,
+                       about='LLaVA conversations + image with <tool_call>Crop [box]</tool_call><image> answers'), replace=True)
