@@ -164,13 +164,35 @@ def _run_sft(fam, tiny):
     fresh(**batch).loss.backward()
     assert all(p.grad is not None for n, p in fresh.named_parameters() if 'lora_' in n)
 
+def _run_pack_rows(fam, tiny):
+    "Samples packed into rows by a token budget (`vlmkit.collation`): each row's batch runs; every sample is in one row."
+    from vlmkit.collation import pack_rows_by_budget
+    model, processor = tiny
+    rendered = _batch(fam, processor)
+    packing = pack_rows_by_budget(rendered, max(len(r) for r in rendered) + 1)
+    assert sorted(i for row in packing.rows for i in row) == list(range(len(rendered))) and not packing.left_out
+    fam.enable_packing(model)
+    with torch.no_grad():
+        for batch in packing.batches(fam): assert torch.isfinite(model(**batch).loss)
+
+def _run_token_lengths(fam, tiny):
+    "Token lengths of data rendered by the family (`vlmkit.data`): one per sample, equal to the rendered length."
+    from vlmkit.data import token_lengths
+    model, processor = tiny
+    c = conversations(fam, processor)
+    convs = [c['answered'], c['tool'], c['text']]
+    tl = token_lengths(convs, fam, processor)
+    assert tl.family == fam.name and tl.lengths.tolist() == [len(fam.render(x, processor, training=True)) for x in convs]
+    assert tl.trained.tolist() == [fam.render(x, processor, training=True).n_trained for x in convs]
+
 RUN = {
+    'vlmkit.data.token_lengths': _run_token_lengths,
     'vlmkit.boxes.get_syntax': _run_boxes, 'vlmkit.boxes.parse_boxes': _run_boxes, 'vlmkit.boxes.format_boxes': _run_boxes,
     'vlmkit.boxes.format_points': _run_boxes,
     'Family.render': _run_render, 'Family.collate': _run_collate, 'Family.enable_packing': _run_collate,
     'Family.tiny': _run_tiny, 'vlmkit.family.family_of': _run_tiny, 'Family.load': _run_load,
     'Family.generation_kwargs': _run_generate, 'vlmkit.family.Family.generate': _run_generate,
-    'vlmkit.family.Family.stop_ids': _run_stop_ids,
+    'vlmkit.family.Family.stop_ids': _run_stop_ids, 'vlmkit.collation.RowPacking.batches': _run_pack_rows,
     'vlmkit.sft.synthetic_grounding': _run_sft, 'vlmkit.sft.rows_of': _run_sft, 'vlmkit.sft.load_for_training': _run_sft,
     'vlmkit.sft.prepare_model': _run_sft,
 }

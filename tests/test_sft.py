@@ -7,9 +7,10 @@ import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
+from vlmkit.data import read_conversations, write_conversations
 from vlmkit.family import FAMILIES
-from vlmkit.sft import (SFTConfig, ConversationDataset, RowCollator, SFTTrainer, Skipped, measure, plan_packs, read_conversation_files,
-                        rows_of, synthetic_grounding, token_losses, training_arguments)
+from vlmkit.sft import (SFTConfig, ConversationDataset, RowCollator, SFTTrainer, measure, plan_packs, rows_of, synthetic_grounding,
+                        token_losses, training_arguments)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), 'OMP_NUM_THREADS': '1',
@@ -23,10 +24,7 @@ def write_grounding(family:str, folder:Path, n:int=32) -> Path:
     "`n` synthetic grounding conversations of `family` as JSONL in `folder`, their images in `folder`/images."
     fam = FAMILIES[family]
     _, processor = fam.tiny()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder/'train.jsonl', 'w') as f:
-        for c in synthetic_grounding(fam, processor, n): f.write(c.to_json(image_dir=folder/'images') + '\n')
-    return folder/'train.jsonl'
+    return write_conversations(synthetic_grounding(fam, processor, n), folder/'train.jsonl', image_dir=folder/'images')
 
 def write_config(folder:Path, family:str, **kw) -> Path:
     "A YAML config for the tiny `family` on `train.jsonl` in `folder`: fp32, LoRA r=8, no reports; `kw` on top."
@@ -162,7 +160,7 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(tmp_path):
 def _rows(family:str, data:Path, budget:int) -> int:
     fam = FAMILIES[family]
     _, processor = fam.tiny()
-    convs, _ = read_conversation_files(data)
+    convs, _ = read_conversations(data)
     return len(plan_packs(measure(ConversationDataset(convs, fam, processor)), budget, seed=0))
 
 def test_two_processes_take_half_the_steps_and_follow_the_same_loss_curve(tmp_path):
@@ -197,18 +195,29 @@ def test_bad_samples_are_reported_with_file_and_line_and_the_rest_trains(tmp_pat
     write_config(tmp_path, 'qwen2_5_vl', epochs=1)
     r = vlmkit_sft(tmp_path, '--output-dir', 'out')
     skipped = [json.loads(l) for l in (tmp_path/'out'/'skipped.jsonl').read_text().splitlines()]
-    where = {s['line']: s['reason'] for s in skipped}
+    where = {s['line']: (s['kind'], s['reason']) for s in skipped}
     assert sorted(where) == [2, 3, 4, 13] and all(s['source'] == 'train.jsonl' for s in skipped), skipped
-    assert 'missing.png: file not found' in where[2] and 'out of range' in where[3]
-    assert 'no assistant answer' in where[4] and 'not JSON' in where[13]
+    assert where[2][0] == 'image' and 'missing.png' in where[2][1] and where[3][0] == 'box'
+    assert where[4][0] == 'answer' and where[13][0] == 'json', where
     assert 'train: 9 samples' in r.stdout and '4 samples skipped' in r.stdout.splitlines()[-1], r.stdout[-1500:]
+
+
+def test_a_sample_over_the_row_budget_is_skipped_or_truncated(tmp_path):
+    write_grounding('ovis2_5', tmp_path, n=8)
+    write_config(tmp_path, 'ovis2_5', epochs=1, batch_tokens=100)     # the samples have 97-103 tokens: one a row
+    vlmkit_sft(tmp_path, '--output-dir', 'skip', '--save-steps', 1000)
+    skipped = [json.loads(l) for l in (tmp_path/'skip'/'skipped.jsonl').read_text().splitlines()]
+    assert len(skipped) == 8 - json.loads((tmp_path/'skip'/'trainer_state.json').read_text())['global_step'] > 0
+    assert {s['kind'] for s in skipped} == {'length'} and all('over the row budget of 100' in s['reason'] for s in skipped)
+    r = vlmkit_sft(tmp_path, '--output-dir', 'cut', '--truncate-long')
+    assert (tmp_path/'cut'/'skipped.jsonl').read_text() == '' and 'train: 8 samples in 8 rows' in r.stdout, r.stdout[-1500:]
 
 
 def test_a_sample_that_fails_while_training_is_skipped_and_reported(tmp_path):
     "An image that vanishes after the rows were planned: the row trains without it, the trainer reports it once per split."
     fam = FAMILIES['qwen2_5_vl']
     model, processor = fam.tiny()
-    convs, _ = read_conversation_files(write_grounding('qwen2_5_vl', tmp_path, n=6))
+    convs, _ = read_conversations(write_grounding('qwen2_5_vl', tmp_path, n=6))
     rows, bad = rows_of(convs, fam, processor, budget=10_000)
     assert bad == [] and len(rows) == 1
     Path(convs[3].images[0].item.src).unlink()

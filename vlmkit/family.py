@@ -6,9 +6,9 @@
 from __future__ import annotations
 import importlib, json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 import torch
 from torch import nn
 from .boxes import BoxSyntax
@@ -18,7 +18,7 @@ from .packing import pack_rows
 
 # %% auto #0
 __all__ = ['FAMILY_SOURCES', 'FAMILIES', 'Layout', 'ChatFormat', 'tool_call_text', 'Piece', 'check_reserved', 'chat_pieces',
-           'tokenize_pieces', 'Rendered', 'pad_batch', 'concat_visual', 'pack_rendered', 'Family', 'Registry',
+           'Span', 'tokenize_pieces', 'Rendered', 'pad_batch', 'concat_visual', 'pack_rendered', 'Family', 'Registry',
            'family_of']
 
 # %% ../nbs/09b_family.ipynb #3765fea4
@@ -133,29 +133,39 @@ def chat_pieces(conv:Conversation, fmt:ChatFormat=ChatFormat(), training:bool=Fa
     return _merge(out if training else [Piece(p.text, False, p.visual) for p in out])  # a prompt trains nothing
 
 # %% ../nbs/09b_family.ipynb #b038c0d7
-def _text_ids(tokenizer, text:str, spans:list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
-    "Token ids of `text` and, per token, whether it overlaps one of the trained character `spans`."
+@dataclass(frozen=True)
+class Span:
+    "Where one visual piece (an image, a video, an InternVL video frame) sits in a rendered sample, and its visual tensor rows."
+    start: int                       # position of its first id
+    end: int                         # one past its last id
+    kind: str = 'image'              # 'image' or 'video'
+    rows: dict = field(default_factory=dict)  # visual tensor key -> how many of that tensor's rows are this visual's (in order)
+
+def _text_ids(tokenizer, text:str, marks:list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    "Token ids of `text` and, per token, whether it overlaps one of the trained character ranges `marks`."
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc['input_ids']), enc['offset_mapping']
-    return ids, [any(s < e2 and s2 < e for s2, e2 in spans) for s, e in offsets]
+    return ids, [any(s < e2 and s2 < e for s2, e2 in marks) for s, e in offsets]
 
-def tokenize_pieces(tokenizer, pieces:list[Piece], visual_ids:Callable) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_pieces(tokenizer, pieces:list[Piece], visual_ids:Callable, spans:list|None=None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(input_ids [L], labels [L])` of `pieces`: the text between two visuals is tokenized in one go (as a processor
-    tokenizes a prompt); `visual_ids(i, ref)` gives the ids of the `i`-th visual; labels are -100 except on trained text."""
-    ids, labels, chunk, spans, n_vis = [], [], '', [], 0
+    tokenizes a prompt); `visual_ids(i, ref)` gives the ids of the `i`-th visual; labels are -100 except on trained text.
+    A `spans` list receives each visual's `Span` (its rows left for the family to fill)."""
+    ids, labels, chunk, marks, n_vis = [], [], '', [], 0
     def flush():
-        nonlocal chunk, spans
+        nonlocal chunk, marks
         if chunk:
-            t, trained = _text_ids(tokenizer, chunk, spans)
+            t, trained = _text_ids(tokenizer, chunk, marks)
             ids.extend(t); labels.extend(v if m else -100 for v, m in zip(t, trained))
-        chunk, spans = '', []
+        chunk, marks = '', []
     for p in pieces:
         if p.visual is not None:
             flush()
             v = list(visual_ids(n_vis, p.visual)); n_vis += 1
+            if spans is not None: spans.append(Span(len(ids), len(ids) + len(v), 'video' if isinstance(p.visual, VideoRef) else 'image'))
             ids.extend(v); labels.extend([-100] * len(v))
         else:
-            if p.trained: spans.append((len(chunk), len(chunk) + len(p.text)))
+            if p.trained: marks.append((len(chunk), len(chunk) + len(p.text)))
             chunk += p.text
     flush()
     return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
@@ -170,10 +180,29 @@ class Rendered:
     row: dict = field(default_factory=dict)     # per-token tensors [L] beside the ids (Qwen2.5-VL's mm_token_type_ids)
     image_sizes: list = field(default_factory=list)    # (width, height) of every image in order, as in the conversation
     resized_sizes: list = field(default_factory=list)  # (width, height) of every image as the model saw it
+    spans: list = field(default_factory=list)          # each visual's `Span`, in order
 
     def __len__(self) -> int: return len(self.input_ids)
     @property
     def n_trained(self) -> int: return 0 if self.labels is None else int((self.labels != -100).sum())
+
+    def prefix(self, n:int) -> Rendered:
+        "The first `n` tokens as a sample of their own: visuals inside them keep their tensor rows, the others are dropped with theirs."
+        if n >= len(self): return self
+        if (cut := next((s for s in self.spans if s.start < n < s.end), None)):
+            raise ValueError(f"a prefix of {n} tokens would cut the {cut.kind} at tokens [{cut.start}, {cut.end})")
+        kept, total, rows = [s for s in self.spans if s.end <= n], {}, {}
+        for s in self.spans:
+            for k, c in s.rows.items():
+                total[k] = total.get(k, 0) + c
+                if s.end <= n: rows[k] = rows.get(k, 0) + c
+        for k, v in self.visual.items():
+            if total.get(k, 0) != len(v):
+                raise ValueError(f"visual[{k!r}] has {len(v)} rows, its spans account for {total.get(k, 0)}: render with a family that records them")
+        n_images = sum(s.kind == 'image' for s in kept)
+        return replace(self, input_ids=self.input_ids[:n], labels=None if self.labels is None else self.labels[:n],
+                       visual={k: v[:rows[k]] for k, v in self.visual.items() if rows.get(k)}, row={k: v[:n] for k, v in self.row.items()},
+                       image_sizes=self.image_sizes[:n_images], resized_sizes=self.resized_sizes[:n_images], spans=kept)
 
 # %% ../nbs/09b_family.ipynb #13345dac
 def pad_batch(rendered:list[Rendered], pad_token_id:int) -> dict:
@@ -238,7 +267,7 @@ class Family:
                       hooks=self.hooks) | self.generation_kwargs(processor) | kwargs
         return generate(model, [r.input_ids for r in rendered], max_new_tokens=max_new_tokens, **inputs, **kwargs)
 
-# %% ../nbs/09b_family.ipynb #e472805e
+# %% ../nbs/09b_family.ipynb #e6639785
 FAMILY_SOURCES = {'ovis2_5': 'vlmkit.ovis.family:OVIS2_5', 'internvl3_5': 'vlmkit.internvl.family:INTERNVL3_5',
                   'qwen2_5_vl': 'vlmkit.qwen.family:QWEN2_5_VL'}
 
@@ -259,7 +288,7 @@ class Registry(Mapping):
 
 FAMILIES = Registry(FAMILY_SOURCES)
 
-# %% ../nbs/09b_family.ipynb #89f11185
+# %% ../nbs/09b_family.ipynb #56fe9c8f
 def _config_of(x):
     "A config (object or dict) of `x`: a model's, a folder's `config.json`, or `x` itself."
     if isinstance(x, nn.Module):

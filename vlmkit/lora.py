@@ -5,12 +5,11 @@
 # %% ../nbs/30_lora.ipynb #ebd4a9aa
 from __future__ import annotations
 import inspect, re, types
-from dataclasses import dataclass
 from pathlib import Path
 import torch
 from torch import nn
 from .checkpointing import enable_checkpointing
-from .family import Family, Layout, family_of
+from .family import Layout, family_of
 
 # %% auto #0
 __all__ = ['LLM_LINEARS', 'PRESETS', 'base_of', 'LoraTargetError', 'part_of', 'select_targets', 'targets_regex', 'LoraPatchError',

@@ -4,15 +4,15 @@
 
 # %% ../../nbs/23_internvl_family.ipynb #11f0308e
 from __future__ import annotations
-import json, os
+import json
+from dataclasses import replace
 from pathlib import Path
 import torch
 from ..attention import register_varlen_attention
 from ..boxes import BoxSyntax
-from ..conversation import PART_KINDS, Conversation, ConversationError, ImageRef, Text, ToolCall, ToolResult, VideoRef
-from ..family import (
-    ChatFormat, Family, Layout, Piece, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces, tool_call_text)
-from ..images import ImageLoadError, open_image
+from ..conversation import Conversation, ConversationError, ImageRef, VideoRef
+from ..family import (ChatFormat, Family, Layout, Piece, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces)
+from ..images import ImageLoadError
 from ..packing import packed_attention_kwargs
 from .prompt import IMG_CONTEXT, IMG_END, IMG_START, hf_processor
 from .tiny import tiny_internvl, tiny_internvl_processor
@@ -69,27 +69,28 @@ def render_internvl(conv:Conversation, processor, training:bool=False, root=None
     """`conv` as InternVL3.5-HF reads it: ids as `InternVLProcessor` gives them, `pixel_values` of every image's tiles and
     video's frames in order, labels when `training`. Relative image paths resolve against `root`."""
     places = conv.visuals
-    pieces, spans, pixels, sizes, canvases = [], [], [], [], []
+    pieces, span_ids, rows, pixels, sizes, canvases = [], [], [], [], [], []
     for p in chat_pieces(conv, INTERNVL_CHAT, training):
         if p.visual is None: pieces.append(p); continue
         try:
             if isinstance(p.visual, ImageRef):
                 image = places[len(pixels)].load(root)
                 pv, canvas = internvl_image_tiles(processor, image)
-                pieces.append(p); spans.append(internvl_image_ids(processor, len(pv)))
+                pieces.append(p); span_ids.append(internvl_image_ids(processor, len(pv))); rows.append(len(pv))
                 sizes.append(image.size); canvases.append(canvas)
             else:
                 pv = internvl_video_frames(processor, p.visual, root)
                 for f in range(len(pv)):   # 'Frame1: <img>..</img>\nFrame2: ...', then the template's '\n'
                     pieces += [Piece(('\n' if f else '') + f'Frame{f + 1}: '), Piece(visual=p.visual)]
-                    spans.append(internvl_image_ids(processor, 1))
+                    span_ids.append(internvl_image_ids(processor, 1)); rows.append(1)
                 pieces.append(Piece('\n'))
         except ConversationError: raise
         except (ImageLoadError, OSError, ValueError) as e: raise places[len(pixels)].error(str(e)) from e
         pixels.append(pv)
-    ids, labels = tokenize_pieces(processor.tokenizer, pieces, lambda i, ref: spans[i])
+    spans = []
+    ids, labels = tokenize_pieces(processor.tokenizer, pieces, lambda i, ref: span_ids[i], spans)
     return Rendered(ids, labels if training else None, dict(pixel_values=torch.cat(pixels)) if pixels else {},
-                    image_sizes=sizes, resized_sizes=canvases)
+                    image_sizes=sizes, resized_sizes=canvases, spans=[replace(s, rows=dict(pixel_values=n)) for s, n in zip(spans, rows)])
 
 # %% ../../nbs/23_internvl_family.ipynb #21827fcc
 def collate_internvl(rendered:list[Rendered], pack:bool=True, pad_token_id:int=0) -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14_ovis_family.ipynb #8d985265
 from __future__ import annotations
-import os
+from dataclasses import replace
 import torch
 from PIL import Image
 from ..attention import VARLEN_IMPL, register_varlen_attention
@@ -12,7 +12,6 @@ from ..boxes import BoxSyntax
 from ..conversation import Conversation, ConversationError, Placed, VideoRef
 from ..family import (ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch,
     tokenize_pieces)
-from ..images import ImageLoadError, open_image
 from .generation import OVIS_HOOKS, early_stopping_ids
 from .modeling import Ovis2_5ForConditionalGeneration, tiny_ovis25_config
 from .preprocessing import (INDICATOR_IDS, OVIS_CHAT_TEMPLATE, PATCH_SIZE, VISUAL_ATOM_ID, OvisProcessor,
@@ -86,9 +85,11 @@ def render_ovis(conv:Conversation, processor:OvisProcessor, training:bool=False,
         pvs.append(pv); grids.append(grid)
         if size is not None: sizes.append(size); resized.append((int(grid[0, 2]) * PATCH_SIZE, int(grid[0, 1]) * PATCH_SIZE))
         return ovis_visual_ids(grid[0], isinstance(ref, VideoRef))
-    ids, labels = tokenize_pieces(processor.tokenizer, chat_pieces(conv, OVIS_CHAT, training, thinking), ids_of)
+    spans = []
+    ids, labels = tokenize_pieces(processor.tokenizer, chat_pieces(conv, OVIS_CHAT, training, thinking), ids_of, spans)
     visual = dict(pixel_values=torch.cat(pvs), grid_thws=torch.cat(grids)) if pvs else {}
-    return Rendered(ids, labels if training else None, visual, image_sizes=sizes, resized_sizes=resized)
+    spans = [replace(s, rows=dict(pixel_values=len(pv), grid_thws=1)) for s, pv in zip(spans, pvs)]
+    return Rendered(ids, labels if training else None, visual, image_sizes=sizes, resized_sizes=resized, spans=spans)
 
 # %% ../../nbs/14_ovis_family.ipynb #766f5f36
 _FILLER_ID = 0  # the filler id of padded rows: masked, never attended or trained (any id of the table would do)

@@ -4,15 +4,13 @@
 
 # %% ../../nbs/27_qwen_family.ipynb #6bb613c3
 from __future__ import annotations
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 import torch
 from ..boxes import BoxSyntax, resized_size_from_grid
-from ..conversation import PART_KINDS, Conversation, ConversationError, ImageRef, Text, ToolResult, VideoRef
+from ..conversation import Conversation, ImageRef, VideoRef
 from ..family import ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces
 from ..generation import ROPE_INDEX_HOOKS
-from ..images import ImageLoadError, open_image
 from .packing import enable_packing, rope_positions
 from .processing import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, image_token_counts, load_qwen, qwen_processor, tiny_qwen
 
@@ -84,6 +82,11 @@ class QwenRendered(Rendered):
     "A rendered Qwen2.5-VL sample, with its M-RoPE positions for packed rows."
     positions: torch.Tensor|None = None   # [3, L] (time, height, width) positions, as the model's get_rope_index numbers them
 
+    def prefix(self, n:int) -> QwenRendered:
+        "`Rendered.prefix` with the positions of the kept tokens: a token's position depends only on the tokens before it."
+        out = super().prefix(n)
+        return out if out is self or self.positions is None else replace(out, positions=self.positions[:, :n])
+
 def rope_config(processor, tokens_per_second:int=TOKENS_PER_SECOND) -> SimpleNamespace:
     "The part of a Qwen2.5-VL config that `rope_positions` reads, from the processor (token ids, merge size) and `tokens_per_second`."
     image, video = processor.tokenizer.convert_tokens_to_ids([IMAGE_PAD, VIDEO_PAD])
@@ -100,24 +103,25 @@ def render_qwen(conv:Conversation, processor, training:bool=False, root=None, to
     and each image's original and resized (w, h). A prompt (`training=False`) ends with the generation prompt, or inside
     a last assistant turn left open. Relative image paths resolve against `root`."""
     tok, ip = processor.tokenizer, processor.image_processor
-    places, images, videos, sizes, resized = conv.visuals, [], [], [], []
+    places, images, videos, sizes, resized, rows = conv.visuals, [], [], [], [], []
     def visual_ids(i:int, ref) -> list[int]:
         place = places[i]
         if isinstance(ref, ImageRef):
             img = place.load(root)
             x = qwen_image_inputs(processor, img)
-            images.append(x); sizes.append(img.size); resized.append(resized_size_from_grid(x['image_grid_thw'][0], ip.patch_size))
+            images.append(x); rows.append(x); sizes.append(img.size); resized.append(resized_size_from_grid(x['image_grid_thw'][0], ip.patch_size))
             return qwen_visual_ids(tok, IMAGE_PAD, image_token_counts(x['image_grid_thw'], ip.merge_size)[0])
         try: x = qwen_video_inputs(processor, ref, root)
         except Exception as e: raise place.error(str(e)) from e
-        videos.append(x)
+        videos.append(x); rows.append(x)
         return qwen_visual_ids(tok, VIDEO_PAD, image_token_counts(x['video_grid_thw'], processor.video_processor.merge_size)[0])
-    ids, labels = tokenize_pieces(tok, chat_pieces(conv, QWEN_CHAT, training), visual_ids)
+    spans = []
+    ids, labels = tokenize_pieces(tok, chat_pieces(conv, QWEN_CHAT, training), visual_ids, spans)
     visual = _cat(images) | _cat(videos)
     positions = rope_positions(ids, rope_config(processor, tokens_per_second), visual.get('image_grid_thw'),
                                visual.get('video_grid_thw'), visual.get('second_per_grid_ts'))
     return QwenRendered(ids, labels if training else None, visual, dict(mm_token_type_ids=mm_token_types(ids, tok)),
-                        sizes, resized, positions)
+                        sizes, resized, [replace(s, rows={k: len(v) for k, v in x.items()}) for s, x in zip(spans, rows)], positions)
 
 # %% ../../nbs/27_qwen_family.ipynb #f2024ba8
 def _positions(r:Rendered, i:int) -> torch.Tensor:
