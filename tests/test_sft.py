@@ -243,3 +243,18 @@ def test_example_configs_read():
     for p in (ROOT/'examples'/'accelerate').glob('*.json'): assert json.loads(p.read_text())['zero_optimization']['stage'] in (2, 3)
     import yaml
     assert yaml.safe_load((ROOT/'examples'/'accelerate'/'fsdp.yaml').read_text())['distributed_type'] == 'FSDP'
+
+
+def test_a_resumed_run_says_what_changed_since_its_checkpoint(tmp_path, capsys):
+    from dataclasses import asdict, replace
+    import yaml
+    from vlmkit.sft import resume_point
+    cfg = SFTConfig(family='ovis2_5', train=['train.jsonl'], output_dir=str(tmp_path/'out'), batch_tokens=450)
+    (tmp_path/'out'/'checkpoint-2').mkdir(parents=True)
+    (tmp_path/'out'/'checkpoint-2'/'trainer_state.json').write_text('{}')
+    (tmp_path/'out'/'sft_config.yaml').write_text(yaml.safe_dump(asdict(cfg)))
+    assert resume_point(replace(cfg, logging_steps=1)) == str(tmp_path/'out'/'checkpoint-2')
+    assert capsys.readouterr().out == 'resuming from checkpoint-2\n'
+    resume_point(replace(cfg, batch_tokens=600))
+    assert 'with a changed configuration (batch_tokens: 450 -> 600)' in capsys.readouterr().out
+    assert resume_point(replace(cfg, resume=False)) is None

@@ -21,10 +21,11 @@ from .lora import PRESETS, apply_lora
 from .packing import pack_by_budget
 
 # %% auto #0
-__all__ = ['logger', 'SKIPPED', 'synthetic_grounding', 'Skipped', 'skipped', 'skipped_record', 'ConversationDataset', 'measure',
-           'plan_packs', 'fill', 'PackedRows', 'untrained', 'RowCollator', 'trained_tokens', 'token_losses',
+__all__ = ['logger', 'SKIPPED', 'RUN_ONLY', 'synthetic_grounding', 'Skipped', 'skipped', 'skipped_record', 'ConversationDataset',
+           'measure', 'plan_packs', 'fill', 'PackedRows', 'untrained', 'RowCollator', 'trained_tokens', 'token_losses',
            'token_weighted_loss', 'SFTTrainer', 'opt', 'SFTConfig', 'ConfigError', 'check_config', 'load_for_training',
-           'prepare_model', 'report_to', 'training_arguments', 'last_checkpoint', 'rows_of', 'sft']
+           'prepare_model', 'report_to', 'training_arguments', 'last_checkpoint', 'rows_of', 'read_data',
+           'resume_point', 'sft']
 
 # %% ../nbs/53_sft.ipynb #863afad1
 logger = logging.getLogger(__name__)
@@ -282,13 +283,15 @@ def check_config(cfg:SFTConfig) -> SFTConfig:
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir(): raise ConfigError(f"output_dir: {cfg.output_dir} exists and is not a folder")
     return cfg
 
-# %% ../nbs/53_sft.ipynb #b95b4aef
+# %% ../nbs/53_sft.ipynb #d9ac52b5
 def load_for_training(model:str, family=None, dtype:torch.dtype=torch.float32) -> tuple:
     "`(family, model, processor)` of checkpoint `model` (a folder, or a hub id with `family`), or of `family`'s tiny model for 'tiny'."
     fam = family_of(family) if family is not None else family_of(model)
-    if model == 'tiny': m, processor = fam.tiny()
+    if model == 'tiny':
+        m, processor = fam.tiny()
+        m = m.to(dtype)
     else: m, processor = fam.load(model, dtype=dtype)
-    return fam, m.to(dtype).train(), processor
+    return fam, m.train(), processor
 
 def prepare_model(model, family, cfg:SFTConfig, verbose:bool=True):
     "`model` ready to train as `cfg` says: LoRA adapters (or every parameter), activation checkpointing, varlen attention for packed rows."
@@ -299,7 +302,7 @@ def prepare_model(model, family, cfg:SFTConfig, verbose:bool=True):
     if cfg.packing: family_of(family).enable_packing(model)
     return model
 
-# %% ../nbs/53_sft.ipynb #6e9e6764
+# %% ../nbs/53_sft.ipynb #9f85cde1
 def _has_accelerator() -> bool:
     acc = getattr(torch, 'accelerator', None)
     return bool(acc.is_available()) if acc is not None else torch.cuda.is_available()
@@ -309,8 +312,8 @@ def report_to(wanted:str) -> str:
     if wanted != 'tensorboard': return 'none'
     from transformers.integrations import is_tensorboard_available
     if is_tensorboard_available(): return 'tensorboard'
-    print("TensorBoard is not installed, so no TensorBoard logs are written (pip install tensorboard); "
-          "losses go to the console and to trainer_state.json in each checkpoint")
+    if int(os.environ.get('RANK', 0)) == 0: print("TensorBoard is not installed, so no TensorBoard logs are written (pip install tensorboard); "
+          "losses go to the console and to trainer_state.json")
     return 'none'
 
 def training_arguments(cfg:SFTConfig, has_eval:bool=False, **overrides) -> TrainingArguments:
@@ -338,7 +341,7 @@ def last_checkpoint(output_dir) -> str|None:
         except (OSError, ValueError): logger.warning(f"{p.name}: incomplete (the run stopped while writing it), not resumed from")
     return None
 
-# %% ../nbs/53_sft.ipynb #0ffded9f
+# %% ../nbs/53_sft.ipynb #86917aad
 def rows_of(conversations:list, family, processor, budget:int, seed:int=0, shuffle:bool=True, split:str='train',
             truncate_long:bool=False, num_workers:int=0, progress:bool=False) -> tuple[PackedRows, list]:
     "`(rows, skipped)` of one split: its conversations measured (bad ones skipped) and planned into rows of at most `budget` tokens."
@@ -359,9 +362,45 @@ def _describe(split:str, rows:PackedRows, bad:list, budget:int, processes:int):
          + (f", {math.ceil(len(rows) / processes)} per process" if processes > 1 else '')
          + (f"; {len(bad)} skipped (see skipped.jsonl)" if bad else ''))
 
-def _write_skipped(path:Path, records:list):
-    with open(path, 'w') as f:
+def read_data(cfg:SFTConfig) -> tuple[list, list, list]:
+    "`(train, eval, skipped)`: the conversations of `cfg.train` and `cfg.eval` (or an `eval_split` of train), and a `Skipped` per record that did not load."
+    train, report = read_conversations(cfg.train, cfg.image_root)
+    evals = []
+    if cfg.eval:
+        evals, eval_report = read_conversations(cfg.eval, cfg.image_root)
+        report.extend(eval_report)
+    elif cfg.eval_split:
+        parts = split_conversations(train, {'train': 1 - cfg.eval_split, 'eval': cfg.eval_split}, cfg.seed)
+        train, evals = parts['train'], parts['eval']
+    if not train: raise ConfigError("train: no conversation loads:\n" + report.describe(limit=5))
+    return train, evals, [skipped_record(p) for p in report]
+
+# fields that change neither the rows nor the schedule: a resumed run may change them freely
+RUN_ONLY = {'output_dir', 'resume', 'progress', 'report_to', 'num_workers', 'logging_steps', 'save_steps', 'save_total_limit', 'eval_steps'}
+
+def resume_point(cfg:SFTConfig) -> str|None:
+    "The checkpoint to resume from (`last_checkpoint`), said, with the fields changed since the run that wrote it."
+    out = Path(cfg.output_dir)
+    found = last_checkpoint(out) if cfg.resume and out.is_dir() else None
+    if found is None: return None
+    changed = ''
+    if (out/'sft_config.yaml').is_file():
+        import yaml
+        before, now = yaml.safe_load((out/'sft_config.yaml').read_text()) or {}, dataclasses.asdict(cfg)
+        diff = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k not in RUN_ONLY and before.get(k) != v]
+        if diff: changed = f", with a changed configuration ({'; '.join(diff)}): its rows or schedule may differ from the run that wrote it"
+    _say(f"resuming from {Path(found).name}{changed}")
+    return found
+
+def _write_outputs(cfg:SFTConfig, processor, records:list):
+    "`sft_config.yaml`, `skipped.jsonl` and (full fine-tuning) the processor, in `cfg.output_dir`; main process only."
+    import yaml
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out/'sft_config.yaml').write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    with open(out/'skipped.jsonl', 'w') as f:
         for s in records: f.write(json.dumps(dataclasses.asdict(s)) + '\n')
+    if not cfg.lora and hasattr(processor, 'save_pretrained'): processor.save_pretrained(out)   # a complete checkpoint
 
 def sft(cfg:SFTConfig) -> SFTTrainer:
     "Train as `cfg` says, resuming from the last complete checkpoint in `cfg.output_dir`; the adapter (or model) is saved there."
@@ -369,19 +408,9 @@ def sft(cfg:SFTConfig) -> SFTTrainer:
     from accelerate.utils import gather_object
     from transformers import set_seed
     check_config(cfg)
-    train_convs, report = read_conversations(cfg.train, cfg.image_root)
-    eval_convs = []
-    if cfg.eval:
-        eval_convs, eval_report = read_conversations(cfg.eval, cfg.image_root)
-        report.extend(eval_report)
-    elif cfg.eval_split:
-        parts = split_conversations(train_convs, {'train': 1 - cfg.eval_split, 'eval': cfg.eval_split}, cfg.seed)
-        train_convs, eval_convs = parts['train'], parts['eval']
-    if not train_convs: raise ConfigError("train: no conversation loads:\n" + report.describe(limit=5))
-    read_skips = [skipped_record(p) for p in report]
+    train_convs, eval_convs, read_skips = read_data(cfg)
     args = training_arguments(cfg, has_eval=bool(eval_convs))   # sets up the processes (and DeepSpeed's init) first
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if world != args.world_size:
+    if (world := int(os.environ.get('WORLD_SIZE', 1))) != args.world_size:
         raise ConfigError(f"launched as {world} processes, but the Trainer runs {args.world_size}: each process would train alone")
     state = PartialState()
     for s in read_skips: _say(f"skipped {s.where}: {s.kind}: {s.reason}")
@@ -399,13 +428,8 @@ def sft(cfg:SFTConfig) -> SFTTrainer:
         bad += bad_eval
     filler = train.samples[next(i for i, n in enumerate(train.lengths) if isinstance(n, int))]
     trainer = SFTTrainer(model=model, args=args, data_collator=RowCollator(fam, filler, cfg.packing), train_dataset=train, eval_dataset=evals)
-    out = Path(cfg.output_dir)
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        import yaml
-        (out/'sft_config.yaml').write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    resume = last_checkpoint(out) if cfg.resume and out.is_dir() else None
-    if resume: _say(f"resuming from {Path(resume).name}")
+    resume = resume_point(cfg)
+    if state.is_main_process: _write_outputs(cfg, processor, read_skips + bad)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(cfg.output_dir)
     trainer.save_state()   # trainer_state.json (the log history) beside the adapter
@@ -413,7 +437,7 @@ def sft(cfg:SFTConfig) -> SFTTrainer:
     met = gather_object(met) if state.num_processes > 1 else met
     if state.is_main_process:
         records = read_skips + bad + sorted(set(met) - set(bad), key=lambda s: (s.split, str(s.index)))
-        _write_skipped(out/'skipped.jsonl', records)
+        _write_outputs(cfg, processor, records)
         _say(f"{'adapter' if cfg.lora else 'model'} saved to {cfg.output_dir}" + (f"; {len(records)} samples skipped, listed in skipped.jsonl" if records else ''))
     state.wait_for_everyone()
     return trainer
