@@ -2,7 +2,7 @@
 with its file and line while the good ones load), broken JSON documents, registries, a format registered from
 outside, splits that never share an image whatever the paths (hypothesis), readers that never raise on garbage
 lines, and the research repo's seed files where ../shared/fixtures is present."""
-import json, random
+import json, os, random
 from dataclasses import replace
 from pathlib import Path
 import pytest
@@ -295,3 +295,16 @@ def test_seed_files():
     assert all(len(c.tool_pairs) == len(c.images) - 1 for c in convs)   # one crop per call, after the question's image
     mix, report = read_mixture(seed/'datainfo'/'theo_test_datainfo.json', path_map={'./Ovis/src_theo/sample_data': seed/'sample_data'})
     assert [(s.name, s.loaded) for s in mix.sources] == [('test_dataset', 4)] and len(report) == 0
+
+
+def test_relative_data_paths_resolve_once(tmp_path, monkeypatch):
+    "A data file named by a relative path: its images resolve against its folder once (not the folder twice)."
+    monkeypatch.chdir(tmp_path)
+    (tmp_path/'data'/'img').mkdir(parents=True)
+    noise_image(0, (32, 24)).save(tmp_path/'data'/'img'/'a.png')
+    conv = Conversation([('user', [ImageRef('img/a.png'), 'What?']), ('assistant', 'Noise.')])
+    (tmp_path/'data'/'train.jsonl').write_text(conv.to_json() + '\n')
+    convs, report = read_conversations('data/train.jsonl')
+    assert len(report) == 0 and convs[0].images[0].item.src == os.path.join('data', 'img/a.png')
+    back, report = read_conversations(write_conversations(convs, 'out/again.jsonl'))   # written relative to the new file
+    assert len(report) == 0 and back[0].images[0].item.load().size == (32, 24)

@@ -328,6 +328,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'vlmkit.data._plural': ('data.html#_plural', 'vlmkit/data.py'),
                              'vlmkit.data._problem_kind': ('data.html#_problem_kind', 'vlmkit/data.py'),
                              'vlmkit.data._read_record': ('data.html#_read_record', 'vlmkit/data.py'),
+                             'vlmkit.data._relocated': ('data.html#_relocated', 'vlmkit/data.py'),
                              'vlmkit.data._resolved': ('data.html#_resolved', 'vlmkit/data.py'),
                              'vlmkit.data._scan_array': ('data.html#_scan_array', 'vlmkit/data.py'),
                              'vlmkit.data._scan_object_lists': ('data.html#_scan_object_lists', 'vlmkit/data.py'),

@@ -47,7 +47,7 @@ class Problem:
 
 class DataError(ValueError):
     "Data with bad records, raised by `DataReport.raise_if_any`; `.report` holds every problem."
-    def __init__(self, report:DataReport):
+    def __init__(self, report):  # a DataReport (defined below)
         self.report = report
         super().__init__(report.describe(limit=20))
 
@@ -138,7 +138,7 @@ class RecordContext:
     def path(self, p:str) -> str:
         "`p` resolved against `image_root` (absolute paths and URLs as they are)."
         if self.image_root is None or os.path.isabs(p) or '://' in p: return p
-        return os.path.join(self.image_root, p)
+        return os.path.normpath(os.path.join(self.image_root, p))   # 'out/../img/a.png' is 'img/a.png'
 
     def paths(self, v, fld:str) -> list[str]:
         "A path or a list of paths (`None`: none) resolved; anything else a ConversationError naming `fld`."
@@ -236,15 +236,18 @@ register_format(Format('llava', _is_llava, read_llava, ('conversations', 'image'
                        about='conversations [{from, value}] + image | images | video | videos | video_frames'))
 
 # %% ../nbs/40_data.ipynb #512aab6e
-def _resolved(conv:Conversation, ctx:RecordContext) -> Conversation:
-    "`conv` with its relative image and video paths (tool results' crops included) resolved by `ctx`."
+def _relocated(conv:Conversation, where) -> Conversation:
+    "`conv` with every image and video path `p` replaced by `where(p)`."
     def ref(p):
-        if isinstance(p, ImageRef) and isinstance(p.src, str): return replace(p, src=ctx.path(p.src))
-        if isinstance(p, VideoRef): return replace(p, src=ctx.path(p.src) if isinstance(p.src, str) else
-                                                    tuple(ctx.path(f) if isinstance(f, str) else f for f in p.src))
+        if isinstance(p, ImageRef): return replace(p, src=where(p.src))
+        if isinstance(p, VideoRef): return replace(p, src=where(p.src) if isinstance(p.src, str) else tuple(where(f) for f in p.src))
         return p
     conv = conv.map_images(ref)
-    return replace(conv, turns=tuple(Turn(t.role, tuple(ref(p) for p in t.content)) for t in conv.turns))
+    return replace(conv, turns=tuple(Turn(t.role, tuple(ref(p) if isinstance(p, VideoRef) else p for p in t.content)) for t in conv.turns))
+
+def _resolved(conv:Conversation, ctx:RecordContext) -> Conversation:
+    "`conv` with its relative image and video paths (tool results' crops included) resolved by `ctx`."
+    return _relocated(conv, lambda p: ctx.path(p) if isinstance(p, str) else p)
 
 def read_vlmkit(rec:dict, ctx:RecordContext) -> Conversation:
     "A `Conversation.to_dict` record (or an HF / OpenAI `{'messages': [...]}` one) as a conversation, paths resolved."
@@ -720,6 +723,7 @@ def write_conversations(convs, path, image_dir=None) -> Path:
     "Write `convs` as vlmkit JSONL at `path` (PIL images saved under `image_dir`); returns the path."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w', encoding='utf-8') as f:
-        for c in convs: f.write(c.to_json(image_dir) + '\n')
+    here = lambda src: os.path.relpath(src, path.parent) if isinstance(src, str) and not os.path.isabs(src) and '://' not in src else src
+    with open(path, 'w', encoding='utf-8') as f:   # relative image paths are written relative to the file, as reading resolves them
+        for c in convs: f.write(_relocated(c, here).to_json(image_dir) + '\n')
     return path
