@@ -45,7 +45,31 @@ def _tour_written(d:Path, out:str):
 
 def _notes(d:Path): (d / 'notes.txt').write_text('not a folder')
 
+def _sft_data(d:Path):
+    "Eight synthetic grounding conversations of the tiny Qwen2.5-VL, a config for them and a config with a misnamed key."
+    from vlmkit.family import FAMILIES
+    from vlmkit.sft import synthetic_grounding
+    fam = FAMILIES['qwen2_5_vl']
+    _, processor = fam.tiny()
+    (d / 'train.jsonl').write_text(''.join(c.to_json(image_dir=d / 'images') + '\n' for c in synthetic_grounding(fam, processor, 8)))
+    (d / 'cfg.yaml').write_text('family: qwen2_5_vl\nmodel: tiny\ntrain: [train.jsonl]\noutput_dir: out\nbf16: false\n'
+                                'report_to: none\nprogress: false\nbatch_tokens: 400\n')
+    (d / 'bad.yaml').write_text('family: qwen2_5_vl\nlearning_rate: 1e-4\n')
+
+def _sft_written(d:Path, out:str):
+    assert out.splitlines()[-1] == 'adapter saved to out', out
+    assert str(d) not in out
+    assert {'adapter_model.safetensors', 'trainer_state.json', 'sft_config.yaml', 'skipped.jsonl'} <= {p.name for p in (d / 'out').iterdir()}
+
 CASES = {
+    'vlmkit': dict(
+        setup=_sft_data, ok=(('sft', '--config', 'cfg.yaml', '--max-steps', '2'), _sft_written),
+        bad=[(('sft', '--config', 'missing.yaml'), 'missing.yaml: file not found'),
+             (('sft', '--config', 'bad.yaml'), "bad.yaml: unknown key 'learning_rate' (did you mean 'lr'?)"),
+             (('sft', '--config', 'cfg.yaml', '--lr', 'fast'), "argument --lr: expected float, got 'fast'"),
+             (('sft', '--config', 'cfg.yaml', '--train', 'nope.jsonl'), 'train: nope.jsonl: file not found'),
+             (('sft', '--config', 'cfg.yaml', '--family', 'qwen'), "family: unknown family 'qwen'"),
+             (('train',), "invalid choice: 'train'")]),
     'vlmkit-save-frames': dict(
         setup=_clip, ok=(('clip.mp4', 'frames', '-n', '8'), _frames_written),
         bad=[(('missing.mp4', 'frames'), 'missing.mp4: file not found'),

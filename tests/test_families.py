@@ -149,6 +149,21 @@ def _run_load(fam, tiny):
     inputs = fam.collate([fam.render(conversations(fam, processor)['ask'], processor)], pack=False)
     with torch.no_grad(): assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
 
+def _run_sft(fam, tiny):
+    "SFT's family-taking steps: synthetic grounding data planned into a row, a fresh tiny model made trainable, one packed row backpropagated."
+    from vlmkit.sft import SKIPPED, RowCollator, SFTConfig, load_for_training, prepare_model, rows_of, synthetic_grounding
+    model, processor = tiny
+    convs = synthetic_grounding(fam, processor, 3)
+    rows, bad = rows_of(convs, fam, processor, budget=10_000)
+    assert bad == [] and len(rows) == 1 and sorted(rows.packs[0]) == [0, 1, 2]
+    found, fresh, proc = load_for_training('tiny', fam.name)   # its own model: LoRA would change the shared one
+    assert found is fam and type(fresh) is type(model)
+    fresh = prepare_model(fresh, fam, SFTConfig(family=fam.name, lora_r=4), verbose=False)
+    batch = RowCollator(fam, rows.samples[0])([rows[0]])
+    assert batch.pop(SKIPPED) == []
+    fresh(**batch).loss.backward()
+    assert all(p.grad is not None for n, p in fresh.named_parameters() if 'lora_' in n)
+
 def _run_pack_rows(fam, tiny):
     "Samples packed into rows by a token budget (`vlmkit.collation`): each row's batch runs; every sample is in one row."
     from vlmkit.collation import pack_rows_by_budget
@@ -178,6 +193,8 @@ RUN = {
     'Family.tiny': _run_tiny, 'vlmkit.family.family_of': _run_tiny, 'Family.load': _run_load,
     'Family.generation_kwargs': _run_generate, 'vlmkit.family.Family.generate': _run_generate,
     'vlmkit.family.Family.stop_ids': _run_stop_ids, 'vlmkit.collation.RowPacking.batches': _run_pack_rows,
+    'vlmkit.sft.synthetic_grounding': _run_sft, 'vlmkit.sft.rows_of': _run_sft, 'vlmkit.sft.load_for_training': _run_sft,
+    'vlmkit.sft.prepare_model': _run_sft,
 }
 
 @pytest.mark.parametrize('run', sorted(set(RUN.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__[5:])
