@@ -1,7 +1,7 @@
 """Every benchmark in bench/ runs in its `--tiny` CPU mode (the same code path as on the device, tiny shapes and counts)
 and prints its table, so that a benchmark cannot break unnoticed between device runs. The scripts are found by listing
 bench/*.py: a new benchmark is tested without being named here."""
-import os, re, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -33,3 +33,18 @@ def test_tiny_run_prints_its_table(script):
     assert body, f"{script.name}: table without rows"
     cells = lambda l: len(l.strip().strip('|').split('|'))
     assert all(cells(l) == cells(lines[i - 1]) for l in body), f"{script.name}: rows and header differ in columns"
+
+def test_sft_bench_tiny_rows_agree(tmp_path):
+    "bench/sft_gpu.py --tiny: each family has its plain and vlmkit rows (both vlmkit losses), none failed, every loss sum that of one at a time."
+    out = tmp_path/'sft.json'
+    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'sft_gpu.py'), '--tiny', '--vlmkit-loss', 'both', '--json', str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    results = json.loads(out.read_text())['results']
+    assert [f['family'] for f in results] == ['internvl3_5', 'qwen2_5_vl', 'ovis2_5']
+    for f in results:
+        assert [row['mode'] for row in f['rows']] == ['plain, one at a time', 'plain, padded batches of 4', 'vlmkit packed 2x',
+                                                      "vlmkit packed 2x, model's loss"], f
+        first = f['rows'][0]['loss_sum']
+        for row in f['rows']: assert abs(row['loss_sum'] - first) <= 1e-3 * abs(first), (f['family'], row)
