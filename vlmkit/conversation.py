@@ -755,8 +755,8 @@ def _with_sizes(conv:Conversation, root=None) -> Conversation:
 _ROLE_COLOURS = {'system': '#6c757d', 'user': '#1f6feb', 'assistant': '#2da44e', 'tool': '#bf8700'}
 
 def _esc(s:str) -> str:
-    "HTML-escaped text on one line (newlines as character references, so no blank line ends the HTML block)."
-    return html.escape(s).replace('\n', '&#10;')
+    "HTML-escaped text on one line (newlines as character references, so no blank line ends the HTML block; backticks too, so no Markdown fence opens)."
+    return html.escape(s).replace('\n', '&#10;').replace('`', '&#96;')
 
 def _thumb(ref:ImageRef, root, side:int) -> str:
     try:
