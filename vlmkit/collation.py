@@ -4,13 +4,12 @@
 
 # %% ../nbs/42_collation.ipynb #88c16a69
 from __future__ import annotations
-import base64, html, io
+import html
 from dataclasses import dataclass, field
 from typing import Iterator
-from PIL import Image
 from .conversation import Conversation
 from .family import Family, Rendered
-from .images import ImageLoadError
+from .images import ImageLoadError, png_data_uri
 from .packing import pack_by_budget
 
 # %% auto #0
@@ -38,10 +37,6 @@ def _thumbnails(rendered:Rendered, conv:Conversation|None, root, side:int) -> li
         if img is not None: img.thumbnail((side, side))
         out.append(img)
     return out
-
-def _data_uri(img:Image.Image) -> str:
-    buf = io.BytesIO(); img.save(buf, format='PNG')
-    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
 
 # %% ../nbs/42_collation.ipynb #e9738c8a
 _SHADES = {True: ('#b4e8c0', '#d9f4df'), False: ('#e4e4e4', '#f3f3f3')}   # trained / masked, alternating per token
@@ -80,7 +75,7 @@ class RenderedView:
                 shade = _SHADES[x][n % 2]; n += 1
                 parts.append(f'<span style="background:{shade};color:{"#000" if x else "#555"}">{html.escape(s.replace(chr(10), "↵" + chr(10)))}</span>')
             else:
-                thumb = f'<img src="{_data_uri(x)}" style="height:40px;vertical-align:middle;margin-right:4px">' if x is not None else ''
+                thumb = f'<img src="{png_data_uri(x)}" style="height:40px;vertical-align:middle;margin-right:4px">' if x is not None else ''
                 parts.append(f'<span style="display:inline-block;border:1px solid #bf8700;border-radius:4px;background:#fff8e1;'
                              f'padding:1px 4px;margin:1px;vertical-align:middle;white-space:nowrap">{thumb}{html.escape(s)}</span>')
         legend = (f'<span style="background:{_SHADES[True][0]}">trained</span> <span style="background:{_SHADES[False][0]}">masked</span> '

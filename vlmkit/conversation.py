@@ -4,14 +4,14 @@
 
 # %% ../nbs/06_conversation.ipynb #4ac93911
 from __future__ import annotations
-import base64, hashlib, html, io, itertools, json, math, os, re
+import hashlib, html, itertools, json, math, os, re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 import numpy as np
 from PIL import Image
 from .boxes import box_problem, draw_boxes
-from .images import ImageLoadError, open_image
+from .images import ImageLoadError, open_image, png_data_uri
 
 # %% auto #0
 __all__ = ['ROLES', 'IMAGE_PLACEHOLDER', 'VIDEO_PLACEHOLDER', 'PART_KINDS', 'LLAVA_ROLES', 'ConversationError', 'Text',
@@ -767,8 +767,7 @@ def _thumb(ref:ImageRef, root, side:int) -> str:
         return (f'<span style="border:1px dashed #999;padding:2px 6px;color:#666" title="{_esc(str(e))}">'
                 f'{_esc(ref.name)}{" (not found)" if "not found" in str(e) else " (unreadable)"}</span>')
     img.thumbnail((side, side))
-    buf = io.BytesIO(); img.save(buf, format='PNG')
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{_esc(ref.name)}" title="{_esc(ref.name)}" style="vertical-align:middle;margin:2px">'
+    return f'<img src="{png_data_uri(img)}" alt="{_esc(ref.name)}" title="{_esc(ref.name)}" style="vertical-align:middle;margin:2px">'
 
 def _part_html(p, root, side:int, limit:int) -> str:
     if isinstance(p, Text):

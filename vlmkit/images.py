@@ -4,14 +4,14 @@
 
 # %% ../nbs/01_images.ipynb #2718b9b1
 from __future__ import annotations
-import io, os, random, warnings
+import base64, io, os, random, warnings
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['MAX_DECODE_PIXELS', 'SYNTHETIC_COLORS', 'SYNTHETIC_SHAPES', 'ImageLoadError', 'to_rgb', 'open_image',
-           'synthetic_image']
+           'synthetic_image', 'png_data_uri']
 
 # %% ../nbs/01_images.ipynb #9b1926c8
 class ImageLoadError(ValueError):
@@ -156,3 +156,9 @@ def synthetic_image(seed:int, size:tuple=(320, 240), n_objects:int=3) -> tuple[I
             break
         else: raise ValueError(f"synthetic_image: could not place {n_objects} non-overlapping objects in {w}x{h}; use a larger size or fewer objects")
     return img, objects
+
+# %% ../nbs/01_images.ipynb #im01du02
+def png_data_uri(img:Image.Image) -> str:
+    "`img` as a `data:image/png;base64,...` URI: the `src` of an inline `<img>`."
+    buf = io.BytesIO(); img.save(buf, format='PNG')
+    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
