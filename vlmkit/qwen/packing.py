@@ -5,11 +5,12 @@
 # %% ../../nbs/26_qwen_packing.ipynb #9fc9e6ec
 from __future__ import annotations
 import torch
-from ..attention import VARLEN_IMPL, cu_seqlens_from_position_ids, register_varlen_attention
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention, apply_rotary_pos_emb_vision
+from ..attention import VARLEN_IMPL, cu_seqlens_from_position_ids, register_varlen_attention, varlen_attention
 from ..packing import pack_rows, packed_attention_kwargs
 
 # %% auto #0
-__all__ = ['VISUAL_KEYS', 'rope_positions', 'pack_mrope', 'packed_lengths', 'enable_packing']
+__all__ = ['VISUAL_KEYS', 'rope_positions', 'pack_mrope', 'packed_lengths', 'PackedVisionAttention', 'enable_packing']
 
 # %% ../../nbs/26_qwen_packing.ipynb #846eeac1
 def _runs(kind:torch.Tensor) -> list[tuple[int, int, int]]:
@@ -83,6 +84,19 @@ def packed_lengths(position_ids:torch.Tensor) -> list[int]:
     return cu_seqlens_from_position_ids(pos.cpu()).diff().tolist()
 
 # %% ../../nbs/26_qwen_packing.ipynb #59cf1d59
+class PackedVisionAttention(Qwen2_5_VLVisionAttention):
+    "Qwen2.5-VL's vision attention with every window (or whole image) of the row in one `varlen_attention` call."
+    def forward(self, hidden_states:torch.Tensor, cu_seqlens:torch.Tensor, position_embeddings:tuple|None=None,
+                max_seqlen:int|None=None, **kwargs) -> torch.Tensor:
+        """Args: `hidden_states` `[T, dim]` (patches of all images), `cu_seqlens` the borders of the windows (or images)
+        that attend among themselves, `position_embeddings` the rotary `(cos, sin)` `[T, head_dim]`.
+        Returns `[T, dim]`, what transformers' `Qwen2_5_VLVisionAttention` returns."""
+        T = hidden_states.shape[0]
+        q, k, v = self.qkv(hidden_states).reshape(T, 3, self.num_heads, -1).unbind(1)
+        q, k = apply_rotary_pos_emb_vision(q, k, *position_embeddings)
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=self.scaling)
+        return self.proj(out.reshape(T, -1))
+
 def _packed_borders(module, args, kwargs):
     "Forward pre-hook of the language model: the borders of a packed row, from its text positions, once per forward."
     pos = kwargs.get('position_ids')
@@ -94,11 +108,14 @@ def _packed_borders(module, args, kwargs):
     return args, kwargs | packed_attention_kwargs(pos[0])
 
 def enable_packing(model):
-    "`model` (Qwen2.5-VL, PEFT-wrapped or not) set up for `pack_mrope` rows: language model on vlmkit's varlen attention, borders once per forward."
+    "`model` (Qwen2.5-VL, PEFT-wrapped or not) set up for `pack_mrope` rows: varlen attention in the language model (borders once per forward) and in the vision tower."
     base = model.get_base_model() if hasattr(model, 'get_base_model') else model
     base.set_attn_implementation({'text_config': register_varlen_attention()})
+    for m in base.modules():
+        if type(m) is Qwen2_5_VLVisionAttention: m.__class__ = PackedVisionAttention
     lm = base.get_decoder()
     if not getattr(lm, '_vlmkit_packed_borders', False):
         lm.register_forward_pre_hook(_packed_borders, with_kwargs=True)
         lm._vlmkit_packed_borders = True
     return model
+
