@@ -18,6 +18,7 @@ from .data import Problem, read_conversations, split_conversations
 from .family import Family, Rendered, family_of
 from .images import synthetic_image
 from .lora import PRESETS, apply_lora
+from .loss import hidden_states_instead_of_logits, labelled_lm_loss
 from .packing import pack_by_budget
 
 # %% auto #0
@@ -177,16 +178,30 @@ class SFTTrainer(Trainer):
         if self.args.world_size > 1: n = self.accelerator.gather(n)
         return batches, n.sum().clamp(min=1)
 
+    @property
+    def shards_lm_head(self) -> bool:
+        "Do FSDP or DeepSpeed ZeRO-3 keep the lm_head's weight in shards outside the model's forward?"
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+        return self.is_fsdp_enabled or (self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
+
+    def row_loss(self, model, inputs:dict, num_items_in_batch=None) -> torch.Tensor:
+        """The row's next-token loss: summed over its trained tokens and divided by `num_items_in_batch` (the row's mean
+        without it). From the final hidden states at the trained positions (`vlmkit.loss.labelled_lm_loss`: no
+        `[tokens, vocab]` logits), or the model's own loss where the lm_head is sharded."""
+        if self.shards_lm_head:
+            return model(**inputs, **({} if num_items_in_batch is None else {'num_items_in_batch': num_items_in_batch})).loss
+        inputs = dict(inputs)
+        labels = inputs.pop('labels')
+        with hidden_states_instead_of_logits(self.accelerator.unwrap_model(model)) as head:
+            hidden = model(**inputs).logits
+        return labelled_lm_loss(hidden, labels, head, num_items_in_batch)
+
     def compute_loss(self, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
         "This row's summed token loss over the step's `num_items_in_batch`, times the processes (DDP averages gradients); without it, the row's mean."
         self.note_skipped(inputs.pop(SKIPPED, ()))
-        if num_items_in_batch is None:
-            outputs = model(**inputs)
-            loss = outputs.loss
-        else:
-            outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
-            loss = outputs.loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
+        loss = self.row_loss(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None: loss = loss * self.accelerator.num_processes
+        return (loss, {'loss': loss}) if return_outputs else loss
 
     def prediction_step(self, model, inputs:dict, prediction_loss_only:bool, ignore_keys=None):
         "`(None, [[summed token loss, trained tokens]], [[0]])` of one eval row; `token_weighted_loss` averages the gathered rows."
@@ -194,7 +209,7 @@ class SFTTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         n = trained_tokens(inputs['labels'])
         with torch.no_grad(), self.compute_loss_context_manager():
-            total = model(**inputs, num_items_in_batch=1).loss.detach().double() if n else torch.zeros((), dtype=torch.float64)
+            total = self.row_loss(model, inputs, 1).detach().double() if n else torch.zeros((), dtype=torch.float64)
         stats = torch.stack([total.to(self.args.device), torch.tensor(float(n), dtype=torch.float64, device=self.args.device)])[None]
         return None, stats, torch.zeros(1, 1, device=self.args.device)
 
