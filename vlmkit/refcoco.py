@@ -131,6 +131,7 @@ def load_refcoco(folder, split:str, image_root=None, dataset:str|None=None) -> l
         x, y, w, h = map(float, ann['bbox'])
         cat = coco.cats.get(ann.get('category_id'), {}).get('name', '')
         for s in _field(r, 'sentences', refs_path):
+            if not isinstance(s, dict) or 'sent_id' not in s: raise ValueError(f"{refs_path}: ref {ref_id}: a sentence without a sent_id: {s!r}")
             out.append(Ref(dataset, split, int(ref_id), int(s['sent_id']), int(ann_id), int(img['id']), img['file_name'],
                            (int(img['width']), int(img['height'])), (x, y, x + w, y + h), s.get('sent', s.get('raw', '')),
                            cat, images.get(img['id'])))
