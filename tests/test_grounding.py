@@ -18,7 +18,7 @@ from vlmkit.refcoco import SPLITS, Ref, make_synthetic_refcoco
 
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory):
-    root = make_synthetic_refcoco(tmp_path_factory.mktemp('syn')/'refcoco', n_images=3)
+    root = make_synthetic_refcoco(tmp_path_factory.mktemp('syn')/'refcoco', n_images=4)
     return root, load_splits(root, image_root=root/'images')
 
 @pytest.fixture(scope='module', params=list(FAMILIES))
@@ -69,7 +69,7 @@ def test_oracle_answers_score_100_on_every_split(fam, tiny, synthetic, monkeypat
 def test_shifted_answers_score_the_expected_accuracy(fam, tiny, synthetic, monkeypatch):
     "Shifted by dx along x (away from the nearer border), a w-wide box has IoU (w - dx) / (w + dx): a hit iff w >= 3 dx."
     _, refs = synthetic
-    dx = 10.0
+    dx = 20.0
     def shifted(ref):
         x1, y1, x2, y2 = ref.box
         d = dx if x2 + dx <= ref.size[0] else -dx
