@@ -5,10 +5,9 @@ a tiny model of each family runs end to end through `vlmkit eval refcoco`; a rer
 the missing refs. The model's answers are replaced by chosen texts (through `Family.generate`) where a score is checked,
 so the whole path (render, decode, parse, score, table) runs on known answers."""
 import contextlib, io, json
-from pathlib import Path
 import numpy as np
 import pytest, torch
-from vlmkit.boxes import box_iou, convert_boxes, format_boxes, parse_boxes
+from vlmkit.boxes import box_iou, convert_boxes, format_boxes
 from vlmkit.cli import vlmkit_main
 from vlmkit.family import FAMILIES, Family
 from vlmkit.grounding import (evaluate_grounding, failures, first_box, grounding_record, load_splits, read_results,

@@ -8,7 +8,6 @@ import json
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-import numpy as np
 import torch
 from .boxes import Rejected, box_iou, convert_boxes, get_syntax, parse_boxes
 from .conversation import Conversation, ImageRef, Turn
