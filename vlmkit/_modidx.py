@@ -456,6 +456,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'vlmkit.grounding_viz._placeholder': ('grounding_viz.html#_placeholder', 'vlmkit/grounding_viz.py'),
                                       'vlmkit.grounding_viz._wrap': ('grounding_viz.html#_wrap', 'vlmkit/grounding_viz.py'),
                                       'vlmkit.grounding_viz.accuracy': ('grounding_viz.html#accuracy', 'vlmkit/grounding_viz.py'),
+                                      'vlmkit.grounding_viz.by_split': ('grounding_viz.html#by_split', 'vlmkit/grounding_viz.py'),
                                       'vlmkit.grounding_viz.draw_result': ('grounding_viz.html#draw_result', 'vlmkit/grounding_viz.py'),
                                       'vlmkit.grounding_viz.failure_grid': ('grounding_viz.html#failure_grid', 'vlmkit/grounding_viz.py'),
                                       'vlmkit.grounding_viz.failure_rank': ('grounding_viz.html#failure_rank', 'vlmkit/grounding_viz.py'),

@@ -10,10 +10,11 @@ import numpy as np
 from PIL import Image
 from .boxes import PALETTE, show_boxes
 from .images import ImageLoadError, open_image
+from .refcoco import SPLITS
 
 # %% auto #0
 __all__ = ['GT_COLOR', 'PRED_COLOR', 'ALL', 'split_key', 'record_image_path', 'load_record_image', 'prediction_title',
-           'show_prediction', 'failure_rank', 'worst_failures', 'draw_result', 'failure_grid', 'accuracy',
+           'show_prediction', 'failure_rank', 'worst_failures', 'draw_result', 'failure_grid', 'by_split', 'accuracy',
            'iou_histograms', 'filter_results', 'ResultsBrowser']
 
 # %% ../nbs/62_grounding_viz.ipynb #064bca0d
@@ -117,13 +118,20 @@ def _groups(records, key) -> dict[str, list[dict]]:
     for r in records: out.setdefault(key(r), []).append(r)
     return out
 
+_TABLE_ORDER = {f"{d}/{s}": i for i, (d, s) in enumerate(SPLITS)}
+
+def by_split(records) -> dict[str, list[dict]]:
+    "Records grouped by `split_key`: the papers' 8 splits in table order, then any other split in order of first appearance."
+    groups = _groups(records, split_key)
+    return {k: groups[k] for k in sorted(groups, key=lambda k: _TABLE_ORDER.get(k, len(_TABLE_ORDER)))}
+
 def accuracy(records) -> float:
     "Acc@0.5 of `records`: the fraction that hit (answers with no box are misses); NaN for none."
     return sum(map(_hit, records)) / len(records) if records else float('nan')
 
 def iou_histograms(results, bins:int=20, cols:int=4, threshold:float=0.5):
     "An IoU histogram per dataset/split of `results`, the `threshold` marked and Acc@0.5 per family in the title; returns the `Figure`."
-    splits = _groups(results, split_key)
+    splits = by_split(results)
     if not splits: raise ValueError("iou_histograms: no results to draw")
     families = list(_groups(results, lambda r: r.get('family') or '?'))
     fig, axs = _panel_grid(len(splits), cols, panel=(3.4, 2.6))
@@ -157,7 +165,7 @@ class ResultsBrowser:
     def __init__(self, results, image_root=None):
         import ipywidgets as W
         self.results, self.image_root = list(results), image_root
-        self.split = W.Dropdown(options=[ALL, *_groups(self.results, split_key)], description='split')
+        self.split = W.Dropdown(options=[ALL, *by_split(self.results)], description='split')
         self.family = W.Dropdown(options=[ALL, *_groups(self.results, lambda r: str(r.get('family')))], description='family')
         self.iou = W.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.01, description='IoU', readout_format='.2f')
         self.prev, self.next = W.Button(description='◀ previous'), W.Button(description='next ▶')
