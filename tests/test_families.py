@@ -203,7 +203,14 @@ def _run_grounding(fam, tiny):
     rec, = evaluate_grounding(model, processor, [ref], family=fam, max_new_tokens=4, progress=False)
     assert rec['id'] == 'refcoco/val/2' and rec['family'] == fam.name and rec['text'] is not None and (rec['hit'] or rec['error'])
 
+def _run_filter_results(fam, tiny):
+    "Result records filtered by the family's name keep its records only (`vlmkit.grounding_viz`)."
+    from vlmkit.grounding_viz import filter_results
+    recs = [dict(id=f'refcoco/val/{i}', dataset='refcoco', split='val', family=f, iou=0.7, hit=True, error=None) for i, f in enumerate(FAMILIES)]
+    assert [r['family'] for r in filter_results(recs, family=fam.name)] == [fam.name]
+
 RUN = {
+    'vlmkit.grounding_viz.filter_results': _run_filter_results,
     'Family.grounding_prompt': _run_grounding, 'vlmkit.grounding.grounding_conversation': _run_grounding,
     'vlmkit.grounding.first_box': _run_grounding, 'vlmkit.grounding.score_answer': _run_grounding,
     'vlmkit.grounding.evaluate_grounding': _run_grounding,

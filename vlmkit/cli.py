@@ -9,8 +9,8 @@ from pathlib import Path
 from .sft import ConfigError, SFTConfig, check_config
 
 # %% auto #0
-__all__ = ['TRAINER_NAMES', 'EVAL_REFCOCO_EXAMPLE', 'convert', 'read_config', 'eval_refcoco_main', 'parser', 'sft_config',
-           'vlmkit_main']
+__all__ = ['TRAINER_NAMES', 'EVAL_REFCOCO_EXAMPLE', 'convert', 'read_config', 'eval_refcoco_main', 'save_figures', 'parser',
+           'sft_config', 'vlmkit_main']
 
 # %% ../nbs/70_cli.ipynb #7190a267
 def _field_type(f:dataclasses.Field):
@@ -108,7 +108,7 @@ def _add_eval(sub):
     p.add_argument('--no-progress', dest='progress', action='store_false', help="no progress bar")
 
 def eval_refcoco_main(args:argparse.Namespace) -> int:
-    "Run `vlmkit eval refcoco`: the table printed, figures drawn where `vlmkit.grounding_viz` can; 2 for bad arguments or missing data."
+    "Run `vlmkit eval refcoco`: the table printed, the figures saved beside it; 2 for bad arguments or missing data."
     from vlmkit.grounding import eval_refcoco, read_results, table_markdown
     splits = [s for s in args.split.split(',') if s.strip()] if args.split else None
     try: rows = eval_refcoco(args.model, args.data, args.out, splits, args.images, args.batch_size, args.max_new_tokens,
@@ -117,10 +117,19 @@ def eval_refcoco_main(args:argparse.Namespace) -> int:
         print(f"vlmkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(table_markdown(rows), end='')
-    try: from vlmkit.grounding_viz import save_figures   # the figures' module, where installed
-    except ImportError: save_figures = None
-    if save_figures is not None: save_figures(read_results(Path(args.out)/'results.jsonl'), Path(args.out))
+    for path in save_figures(read_results(Path(args.out)/'results.jsonl'), Path(args.out)): print(f"wrote {path}")
     return 0
+
+def save_figures(results:list, out:Path) -> list[Path]:
+    "`failures.png` (the worst failures on their images) and `iou_histograms.png` (per split) in `out`, drawn by `vlmkit.grounding_viz`."
+    import matplotlib.pyplot as plt
+    from vlmkit.grounding_viz import failure_grid, iou_histograms
+    paths = []
+    for name, draw in [('failures.png', failure_grid), ('iou_histograms.png', iou_histograms)]:
+        fig = draw(results)
+        fig.savefig(out/name, dpi=100, bbox_inches='tight'); plt.close(fig)
+        paths.append(out/name)
+    return paths
 
 def parser() -> argparse.ArgumentParser:
     "The `vlmkit` argument parser: `vlmkit sft --config cfg.yaml [--field value ...]`, `vlmkit eval refcoco --model ... --data ...`."
