@@ -185,7 +185,35 @@ def _run_token_lengths(fam, tiny):
     assert tl.family == fam.name and tl.lengths.tolist() == [len(fam.render(x, processor, training=True)) for x in convs]
     assert tl.trained.tolist() == [fam.render(x, processor, training=True).n_trained for x in convs]
 
+def _run_grounding(fam, tiny):
+    "The family's grounding question rendered with an image; its oracle answer read back and scored a hit; one greedy evaluation record."
+    from vlmkit.grounding import evaluate_grounding, first_box, grounding_conversation, score_answer
+    from vlmkit.refcoco import Ref
+    model, processor = tiny
+    assert 'the cup' in fam.grounding_prompt('the cup')
+    d = Path(tempfile.mkdtemp())
+    noise_image(0, (60, 40)).save(d/'cup.png')
+    ref = Ref('refcoco', 'val', 1, 2, 3, 4, 'cup.png', (60, 40), tuple(BOX), 'the cup', image=str(d/'cup.png'))
+    r = fam.render(grounding_conversation(ref, fam), processor)
+    resized = r.resized_sizes[0] if r.resized_sizes else None
+    answer = format_boxes(convert_boxes([BOX], 'pixel', fam.syntax.space, (60, 40), resized), fam.syntax, labels='the cup')
+    box, err = first_box(answer, fam.syntax, (60, 40), resized)
+    assert err is None and max(abs(a - b) for a, b in zip(box, BOX)) <= 1.0, (answer, box, err)
+    assert score_answer(ref, answer, fam, (60, 40), resized)['hit']
+    rec, = evaluate_grounding(model, processor, [ref], family=fam, max_new_tokens=4, progress=False)
+    assert rec['id'] == 'refcoco/val/2' and rec['family'] == fam.name and rec['text'] is not None and (rec['hit'] or rec['error'])
+
+def _run_filter_results(fam, tiny):
+    "Result records filtered by the family's name keep its records only (`vlmkit.grounding_viz`)."
+    from vlmkit.grounding_viz import filter_results
+    recs = [dict(id=f'refcoco/val/{i}', dataset='refcoco', split='val', family=f, iou=0.7, hit=True, error=None) for i, f in enumerate(FAMILIES)]
+    assert [r['family'] for r in filter_results(recs, family=fam.name)] == [fam.name]
+
 RUN = {
+    'vlmkit.grounding_viz.filter_results': _run_filter_results,
+    'Family.grounding_prompt': _run_grounding, 'vlmkit.grounding.grounding_conversation': _run_grounding,
+    'vlmkit.grounding.first_box': _run_grounding, 'vlmkit.grounding.score_answer': _run_grounding,
+    'vlmkit.grounding.evaluate_grounding': _run_grounding,
     'vlmkit.data.token_lengths': _run_token_lengths,
     'vlmkit.boxes.get_syntax': _run_boxes, 'vlmkit.boxes.parse_boxes': _run_boxes, 'vlmkit.boxes.format_boxes': _run_boxes,
     'vlmkit.boxes.format_points': _run_boxes,

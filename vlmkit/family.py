@@ -248,6 +248,7 @@ class Family:
     load: Callable                   # (path, dtype=torch.bfloat16, device=None) -> (model, processor)
     tiny: Callable                   # (seed=0) -> (tiny random model, processor)
     enable_packing: Callable         # model -> the same model, ready for `collate(..., pack=True)` rows
+    grounding_prompt: Callable       # expression -> the user text asking for its box, in the words the family was taught
     hooks: GenerationHooks = GenerationHooks()  # how the decode engine runs its model
     generation_kwargs: Callable = lambda processor: {}  # processor -> extra `vlmkit.generation.generate` arguments
 

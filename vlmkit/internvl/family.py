@@ -20,7 +20,8 @@ from .tiny import tiny_internvl, tiny_internvl_processor
 # %% auto #0
 __all__ = ['INTERNVL_IMAGE_TOKENS', 'INTERNVL_CHAT', 'INTERNVL_BOXES', 'INTERNVL3_5', 'internvl_image_ids',
            'internvl_images_kwargs', 'tiled_canvas', 'internvl_image_tiles', 'internvl_video_frames', 'render_internvl',
-           'collate_internvl', 'enable_internvl_packing', 'load_internvl', 'tiny_internvl_pair']
+           'collate_internvl', 'enable_internvl_packing', 'load_internvl', 'tiny_internvl_pair',
+           'internvl_grounding_prompt']
 
 # %% ../../nbs/23_internvl_family.ipynb #69e1ac64
 INTERNVL_IMAGE_TOKENS = (IMG_START, IMG_END, IMG_CONTEXT)  # what an image span is made of; never in a conversation's text
@@ -125,10 +126,16 @@ def tiny_internvl_pair(seed:int=0) -> tuple:
 # %% ../../nbs/23_internvl_family.ipynb #bx23cd01
 INTERNVL_BOXES = BoxSyntax('internvl3_5', 'k1000', integers=True, box_body='lists')
 
+# %% ../../nbs/23_internvl_family.ipynb #93aa3943
+def internvl_grounding_prompt(expression:str) -> str:
+    "InternVL's grounding question for `expression`, word for word as its RefCOCO evaluation asks it."
+    return f"Please provide the bounding box coordinate of the region this sentence describes: <ref>{expression}</ref>"
+
+
 # %% ../../nbs/23_internvl_family.ipynb #1369ef33
 INTERNVL3_5 = Family(
     name='internvl3_5', syntax=INTERNVL_BOXES,
     layout=Layout(lm='', decoder='model.language_model', vision='model.vision_tower', projector='model.multi_modal_projector'),
     model_types=('internvl', 'internvl_chat'), chat=INTERNVL_CHAT, stop_tokens=('<|im_end|>',),
     render=render_internvl, collate=collate_internvl, load=load_internvl, tiny=tiny_internvl_pair,
-    enable_packing=enable_internvl_packing)  # default GenerationHooks: ids and pixel_values in the first forward
+    enable_packing=enable_internvl_packing, grounding_prompt=internvl_grounding_prompt)  # default GenerationHooks: ids and pixel_values in the first forward

@@ -21,7 +21,7 @@ from ..testing import tiny_tokenizer
 # %% auto #0
 __all__ = ['OVIS_CHAT', 'OVIS_LAYOUT', 'TINY_MIN_PIXELS', 'TINY_MAX_PIXELS', 'OVIS_BOXES', 'OVIS2_5', 'ovis_visual_ids',
            'show_ids', 'visual_places', 'load_visual', 'render_ovis', 'collate_ovis', 'load_ovis', 'tiny_ovis',
-           'enable_ovis_packing', 'ovis_generation_kwargs']
+           'enable_ovis_packing', 'ovis_grounding_prompt', 'ovis_generation_kwargs']
 
 # %% ../../nbs/14_ovis_family.ipynb #8125c578
 OVIS_CHAT = ChatFormat(item_sep='\n', no_thinking='<think>\n\n</think>\n\n')
@@ -130,6 +130,12 @@ def enable_ovis_packing(model):
 # %% ../../nbs/14_ovis_family.ipynb #bx14cd01
 OVIS_BOXES = BoxSyntax('ovis2_5', 'unit', integers=False, decimals=3, point=('<point>', '</point>'), box_body='pairs')
 
+# %% ../../nbs/14_ovis_family.ipynb #fa6ca7bb
+def ovis_grounding_prompt(expression:str) -> str:
+    "Ovis2.5's grounding question for `expression` (its model card's form): the answer is `<box>(x1,y1),(x2,y2)</box>` in `unit` space."
+    return f"Find the <ref>{expression}</ref> in the image. Please provide the bounding box coordinates."
+
+
 # %% ../../nbs/14_ovis_family.ipynb #67485ef0
 def ovis_generation_kwargs(processor:OvisProcessor) -> dict:
     "Thinking-budget arguments of the decode engine: `</think>` closes a thought; the official early-stopping text is forced once a row's `budget` is spent."
@@ -138,4 +144,5 @@ def ovis_generation_kwargs(processor:OvisProcessor) -> dict:
 
 OVIS2_5 = Family(name='ovis2_5', syntax=OVIS_BOXES, layout=OVIS_LAYOUT, model_types=('ovis2_5',), chat=OVIS_CHAT,
                  stop_tokens=('<|im_end|>',), render=render_ovis, collate=collate_ovis, load=load_ovis, tiny=tiny_ovis,
-                 enable_packing=enable_ovis_packing, hooks=OVIS_HOOKS, generation_kwargs=ovis_generation_kwargs)
+                 enable_packing=enable_ovis_packing, grounding_prompt=ovis_grounding_prompt, hooks=OVIS_HOOKS,
+                 generation_kwargs=ovis_generation_kwargs)

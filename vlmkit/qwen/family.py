@@ -17,7 +17,7 @@ from .processing import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, image_to
 # %% auto #0
 __all__ = ['QWEN_CHAT_TEMPLATE', 'QWEN_CHAT', 'TOKENS_PER_SECOND', 'QWEN_BOXES', 'QWEN2_5_VL', 'tiny_qwen_released',
            'qwen_visual_ids', 'qwen_image_inputs', 'mm_token_types', 'qwen_video_inputs', 'QwenRendered', 'rope_config',
-           'render_qwen', 'collate_qwen']
+           'render_qwen', 'collate_qwen', 'qwen_grounding_prompt']
 
 # %% ../../nbs/27_qwen_family.ipynb #f62df64e
 QWEN_CHAT_TEMPLATE = (
@@ -144,9 +144,16 @@ def collate_qwen(rendered:list[Rendered], pack:bool=True) -> dict:
 # %% ../../nbs/27_qwen_family.ipynb #bx27cd01
 QWEN_BOXES = BoxSyntax('qwen2_5_vl', 'resized_pixel', integers=True, kind='json')
 
+# %% ../../nbs/27_qwen_family.ipynb #eb650c7b
+def qwen_grounding_prompt(expression:str) -> str:
+    "Qwen2.5-VL's grounding question for `expression`, in the cookbook's words: the answer is JSON `bbox_2d` in `resized_pixel` space."
+    return f"Locate {expression}, output its bbox coordinates using JSON format."
+
+
 # %% ../../nbs/27_qwen_family.ipynb #a4a4df36
 QWEN2_5_VL = Family(
     name='qwen2_5_vl', syntax=QWEN_BOXES,
     layout=Layout(lm='', decoder='model.language_model', vision='model.visual', projector='model.visual.merger'),
     model_types=('qwen2_5_vl',), chat=QWEN_CHAT, stop_tokens=('<|im_end|>',),
-    render=render_qwen, collate=collate_qwen, load=load_qwen, tiny=tiny_qwen_released, enable_packing=enable_packing, hooks=ROPE_INDEX_HOOKS)
+    render=render_qwen, collate=collate_qwen, load=load_qwen, tiny=tiny_qwen_released, enable_packing=enable_packing,
+    grounding_prompt=qwen_grounding_prompt, hooks=ROPE_INDEX_HOOKS)
