@@ -17,7 +17,7 @@ __all__ = ['GT_COLOR', 'PRED_COLOR', 'ALL', 'split_key', 'record_image_path', 'l
            'show_prediction', 'failure_rank', 'worst_failures', 'draw_result', 'failure_grid', 'by_split', 'accuracy',
            'iou_histograms', 'filter_results', 'ResultsBrowser']
 
-# %% ../nbs/62_grounding_viz.ipynb #064bca0d
+# %% ../nbs/62_grounding_viz.ipynb #88b166ae
 GT_COLOR, PRED_COLOR = PALETTE[1], PALETTE[0]  # ground truth green, prediction red
 
 def split_key(record:dict) -> str:
@@ -37,7 +37,7 @@ def load_record_image(record:dict, image_root=None) -> Image.Image:
     "The record's image, read by vlmkit's safe loader: a missing or broken file is an `ImageLoadError` naming the path tried."
     return open_image(record_image_path(record, image_root))
 
-# %% ../nbs/62_grounding_viz.ipynb #be0c8f11
+# %% ../nbs/62_grounding_viz.ipynb #f60b2a01
 def _wrap(text:str, width:int=44, lines:int=2) -> str:
     return '\n'.join(textwrap.wrap(str(text), width, max_lines=lines, placeholder=' …'))
 
@@ -68,7 +68,7 @@ def show_prediction(record:dict, image=None, ax=None, image_root=None):
     _draw_record(ax, record, image)
     return ax.figure
 
-# %% ../nbs/62_grounding_viz.ipynb #5259219f
+# %% ../nbs/62_grounding_viz.ipynb #82b33798
 def failure_rank(record:dict) -> tuple:
     "Sort key, worst first: no predicted box (parse failures, errors), then misses, then hits; lower IoU first; then `id` and `family`."
     return (record.get('pred_box') is not None, _hit(record), _iou(record), str(record.get('id')), str(record.get('family')))
@@ -111,7 +111,7 @@ def failure_grid(results, n:int=12, cols:int=4, image_root=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/62_grounding_viz.ipynb #3d0dc9cf
+# %% ../nbs/62_grounding_viz.ipynb #2b65bd53
 def _groups(records, key) -> dict[str, list[dict]]:
     "Records grouped by `key(record)`, groups in order of first appearance."
     out = {}
@@ -151,7 +151,7 @@ def iou_histograms(results, bins:int=20, cols:int=4, threshold:float=0.5):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/62_grounding_viz.ipynb #1cc308cf
+# %% ../nbs/62_grounding_viz.ipynb #38778dd4
 ALL = '(all)'
 
 def filter_results(results, split:str|None=None, family:str|None=None, iou_range=(0.0, 1.0)) -> list[dict]:
