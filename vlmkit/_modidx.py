@@ -102,6 +102,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'vlmkit.cli.eval_refcoco_main': ('cli.html#eval_refcoco_main', 'vlmkit/cli.py'),
                             'vlmkit.cli.parser': ('cli.html#parser', 'vlmkit/cli.py'),
                             'vlmkit.cli.read_config': ('cli.html#read_config', 'vlmkit/cli.py'),
+                            'vlmkit.cli.save_figures': ('cli.html#save_figures', 'vlmkit/cli.py'),
                             'vlmkit.cli.sft_config': ('cli.html#sft_config', 'vlmkit/cli.py'),
                             'vlmkit.cli.vlmkit_main': ('cli.html#vlmkit_main', 'vlmkit/cli.py')},
             'vlmkit.collation': { 'vlmkit.collation.RenderedView': ('collation.html#renderedview', 'vlmkit/collation.py'),
