@@ -9,7 +9,7 @@ import pytest, torch
 from safetensors.torch import load_file
 from vlmkit.data import read_conversations, write_conversations
 from vlmkit.family import FAMILIES
-from vlmkit.sft import (SFTConfig, ConversationDataset, RowCollator, SFTTrainer, measure, plan_packs, rows_of, synthetic_grounding,
+from vlmkit.sft import (SFTConfig, ConfigError, ConversationDataset, check_config, RowCollator, SFTTrainer, measure, plan_packs, rows_of, synthetic_grounding,
                         token_losses, training_arguments)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,3 +258,20 @@ def test_a_resumed_run_says_what_changed_since_its_checkpoint(tmp_path, capsys):
     resume_point(replace(cfg, batch_tokens=600))
     assert 'with a changed configuration (batch_tokens: 450 -> 600)' in capsys.readouterr().out
     assert resume_point(replace(cfg, resume=False)) is None
+
+
+# --- compiled blocks ---
+
+def test_compiled_blocks_train_like_eager_ones(tmp_path):
+    "`--compile aot_eager` (torch.compile's graphs without inductor's code generation, which a 2-core CI cannot afford): the same losses as eager."
+    write_grounding('internvl3_5', tmp_path, n=8)
+    write_config(tmp_path, 'internvl3_5', max_steps=3)
+    vlmkit_sft(tmp_path, '--output-dir', 'eager')
+    vlmkit_sft(tmp_path, '--output-dir', 'compiled', '--compile', 'aot_eager')
+    eager, compiled = ([h['loss'] for h in history(tmp_path/d)] for d in ('eager', 'compiled'))
+    assert len(eager) == 3 and compiled == pytest.approx(eager, abs=1e-5), (eager, compiled)
+
+def test_an_unknown_compile_backend_is_a_config_error(tmp_path):
+    write_grounding('internvl3_5', tmp_path, n=2)
+    with pytest.raises(ConfigError, match="compile: 'inductr' is not a torch.compile backend"):
+        check_config(SFTConfig(family='internvl3_5', train=[str(tmp_path/'train.jsonl')], compile='inductr'))

@@ -17,7 +17,8 @@ from .conversation import Conversation, ImageRef, Turn
 from .data import Problem, read_conversations, split_conversations
 from .family import Family, Rendered, family_of
 from .images import synthetic_image
-from .lora import PRESETS, apply_lora
+from .compiling import compile_blocks
+from .lora import PRESETS, apply_lora, base_of
 from .loss import hidden_states_instead_of_logits, labelled_lm_loss
 from .packing import pack_by_budget
 
@@ -255,6 +256,7 @@ class SFTConfig:
     packing: bool = opt(True, "packed rows on varlen attention (--no-packing: the same rows as right-padded batches)")
     bf16: bool = opt(True, "bf16 mixed precision")
     checkpointing: bool = opt(False, "activation checkpointing of every layer (LLM and vision tower)")
+    compile: str|None = opt(None, "torch.compile backend for the parts of every block (vlmkit.compiling.compile_blocks), e.g. inductor: fused elementwise work on a GPU; none: eager")
     lr_scheduler: str = opt('linear', "transformers' scheduler name (linear, cosine, constant, ...)")
     warmup: float = opt(0.0, "warmup: a fraction of the steps (< 1) or a number of steps")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -293,6 +295,8 @@ def check_config(cfg:SFTConfig) -> SFTConfig:
     if not 0 <= cfg.eval_split < 1: raise ConfigError(f"eval_split: {cfg.eval_split} is not in [0, 1)")
     for name in ('batch_tokens', 'grad_accum', 'lora_r', 'logging_steps', 'save_steps', 'eval_steps'):
         if getattr(cfg, name) < 1: raise ConfigError(f"{name}: must be 1 or more, got {getattr(cfg, name)}")
+    if cfg.compile is not None and cfg.compile not in torch.compiler.list_backends(exclude_tags=()):
+        raise ConfigError(f"compile: {cfg.compile!r} is not a torch.compile backend; known: {', '.join(torch.compiler.list_backends())}")
     if cfg.lr <= 0: raise ConfigError(f"lr: must be more than 0, got {cfg.lr}")
     if cfg.max_steps <= 0 and cfg.epochs <= 0: raise ConfigError(f"epochs: must be more than 0 (or max_steps set), got {cfg.epochs}")
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir(): raise ConfigError(f"output_dir: {cfg.output_dir} exists and is not a folder")
@@ -315,6 +319,7 @@ def prepare_model(model, family, cfg:SFTConfig, verbose:bool=True):
                            gradient_checkpointing=cfg.checkpointing, verbose=verbose)
     elif cfg.checkpointing: enable_checkpointing(model)
     if cfg.packing: family_of(family).enable_packing(model)
+    if cfg.compile: compile_blocks(base_of(model), backend=cfg.compile)
     return model
 
 # %% ../nbs/53_sft.ipynb #9f85cde1
