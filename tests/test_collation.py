@@ -5,7 +5,7 @@ whole sample's first ones); packing by budget puts every sample in exactly one r
 import pytest, torch
 from vlmkit.collation import pack_rows_by_budget, show_rendered, truncate, visual_tokens
 from vlmkit.conversation import Conversation, ConversationError, ImageRef, ToolCall, ToolResult, Turn, VideoRef
-from vlmkit.family import FAMILIES, Rendered
+from vlmkit.family import Rendered
 from vlmkit.testing import noise_image
 
 BOX = [10, 8, 50, 40]
@@ -18,9 +18,6 @@ def trajectory(thought:str='I will look closer. ', size=(72, 56)) -> Conversatio
         Turn('assistant', [thought, ToolCall('Crop', {'box': BOX}, text=f'<tool_call>Crop {BOX}</tool_call>'),
                            ToolResult([ImageRef(image, region=tuple(BOX))]), 'The cup is at the top left.'])],
         system='You can crop.')
-
-@pytest.fixture(scope='module', params=list(FAMILIES))
-def fam(request): return FAMILIES[request.param]
 
 @pytest.fixture(scope='module')
 def tiny(fam):

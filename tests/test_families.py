@@ -51,14 +51,6 @@ def conversations(fam:Family, processor):
     text = Conversation([Turn('user', 'Say hi.'), Turn('assistant', 'Hi.')])
     return dict(ask=ask, answered=answered, tool=tool, text=text, answer=answer, rendered_ask=r)
 
-@pytest.fixture(scope='module', params=list(FAMILIES))
-def fam(request): return FAMILIES[request.param]
-
-@pytest.fixture(scope='module')
-def tiny(fam):
-    model, processor = fam.tiny()
-    return model.float().eval(), processor
-
 def test_the_walk_knows_every_family_taking_function():
     "This file runs each of them below; a new one must be added here (and run for every family)."
     assert family_taking() == set(RUN), f"not run here: {sorted(family_taking() - set(RUN))}; gone: {sorted(set(RUN) - family_taking())}"

@@ -20,14 +20,6 @@ def synthetic(tmp_path_factory):
     root = make_synthetic_refcoco(tmp_path_factory.mktemp('syn')/'refcoco', n_images=4)
     return root, load_splits(root, image_root=root/'images')
 
-@pytest.fixture(scope='module', params=list(FAMILIES))
-def fam(request): return FAMILIES[request.param]
-
-@pytest.fixture(scope='module')
-def tiny(fam):
-    model, processor = fam.tiny()
-    return model.float().eval(), processor
-
 
 def answering(monkeypatch, fam, answer_of):
     """Make `fam.generate` return, for each rendered prompt in order, the token ids of `answer_of(i, rendered)` followed by the
