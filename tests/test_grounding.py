@@ -157,3 +157,9 @@ def test_cli_errors_are_one_line(tmp_path, synthetic):
     with contextlib.redirect_stderr(err := io.StringIO()):
         status = vlmkit_main(['eval', 'refcoco', '--model', 'tiny:ovis2_5', '--data', str(root), '--split', 'refcoco/nosuch', '--out', str(tmp_path)])
     assert status == 2 and 'refcoco' in err.getvalue() and len(err.getvalue().splitlines()) == 1
+
+
+def test_results_of_two_families_are_not_pooled_into_one_table():
+    rec = dict(dataset='refcoco', split='val', iou=1.0, hit=True, error=None)
+    with pytest.raises(ValueError, match=r"2 families \(internvl3_5, ovis2_5\) would be pooled"):
+        results_table([rec | dict(family='ovis2_5'), rec | dict(family='internvl3_5')])

@@ -146,7 +146,10 @@ def _summary(recs:list) -> dict:
                 parse_failures=parse, errors=sum(bool(r['error']) for r in recs) - parse)
 
 def results_table(results:list[dict]) -> list[dict]:
-    "One row per (dataset, split) of `results`, papers' order first, then the macro average row over the standard splits present."
+    "One row per (dataset, split) of `results` (one family's), papers' order first, then the macro average row over the standard splits present."
+    families = sorted({str(r.get('family')) for r in results})
+    if len(families) > 1: raise ValueError(f"results_table: records of {len(families)} families ({', '.join(families)}) would be pooled into one table; "
+                                           f"make one table per family, e.g. results_table([r for r in results if r['family'] == {families[0]!r}])")
     groups = {}
     for r in results: groups.setdefault((r['dataset'], r['split']), []).append(r)
     keys = [k for k in SPLITS if k in groups] + sorted(k for k in groups if k not in SPLITS)
