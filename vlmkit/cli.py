@@ -86,7 +86,8 @@ def _add_field(p:argparse.ArgumentParser, f:dataclasses.Field):
 
 EVAL_REFCOCO_EXAMPLE = """example:
   vlmkit eval refcoco --model checkpoints/InternVL3_5-2B-HF --data data/refcoco --images data/coco/train2014 --out runs/internvl
-  vlmkit eval refcoco --model tiny:qwen2_5_vl --data /tmp/synthetic --split refcoco/val,refcocog/test --out /tmp/run"""
+  python -c "from vlmkit.refcoco import make_synthetic_refcoco; make_synthetic_refcoco('synthetic-refcoco')"
+  vlmkit eval refcoco --model tiny:qwen2_5_vl --data synthetic-refcoco --split refcoco/val,refcocog/test --out refcoco-run"""
 
 def _add_eval(sub):
     "`vlmkit eval refcoco`: its flags, each explained, and an example."
