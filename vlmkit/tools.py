@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Callable
 from .boxes import SPACES, convert_boxes, get_syntax
 from .conversation import (IMAGE_PLACEHOLDER, Conversation, ConversationError, ImageRef, Placed, Text, ToolCall,
-                                 ToolResult, Turn)
+                                 ToolResult, Turn, _box_list, _fmt)
 
 # %% auto #0
 __all__ = ['TOOL_CALL_OPEN', 'TOOL_CALL_CLOSE', 'RESEARCH_CROP_SYSTEM', 'LEGACY_CROP_RE', 'ToolError', 'argument_problem',
@@ -204,9 +204,6 @@ _SPACE_WORDS = {'pixel': 'in pixels of the image (x from 0 to its width, y from 
                 'k1000': 'in thousandths of the image width and height (integers 0 to 1000)',
                 'resized_pixel': 'in pixels of the image as you see it'}
 
-def _g(v:float) -> str: return f"{v:g}"
-def _box_str(b) -> str: return '[' + ', '.join(_g(float(v)) for v in b) + ']'
-
 def crop_space(space) -> str:
     "The coordinate space a crop tool reads boxes in: a space's name, or a family (its name, `Family` or `BoxSyntax`) whose grounding space it is."
     if isinstance(space, str) and space in SPACES: return space
@@ -217,12 +214,12 @@ def _checked(box) -> list[float]:
     try: b = [float(v) for v in box]
     except (TypeError, ValueError): raise ToolError(f"a box is 4 numbers [x1, y1, x2, y2], got {_shown(box)}") from None
     if len(b) != 4: raise ToolError(f"a box is 4 numbers [x1, y1, x2, y2], got {len(b)}")
-    shown = _box_str(b)
+    shown = _box_list(b)
     for name, v in zip(('x1', 'y1', 'x2', 'y2'), b):
         if math.isnan(v): raise ToolError(f"the box {shown} is not a box: {name} is NaN")
         if math.isinf(v): raise ToolError(f"the box {shown} is not a box: {name} is infinite")
-    if b[2] < b[0]: raise ToolError(f"the box {shown} is inverted: x2={_g(b[2])} < x1={_g(b[0])}")
-    if b[3] < b[1]: raise ToolError(f"the box {shown} is inverted: y2={_g(b[3])} < y1={_g(b[1])}")
+    if b[2] < b[0]: raise ToolError(f"the box {shown} is inverted: x2={_fmt(b[2])} < x1={_fmt(b[0])}")
+    if b[3] < b[1]: raise ToolError(f"the box {shown} is inverted: y2={_fmt(b[3])} < y1={_fmt(b[1])}")
     if b[2] == b[0] or b[3] == b[1]: raise ToolError(f"the box {shown} is empty: zero {'width' if b[2] == b[0] else 'height'}")
     return b
 
@@ -230,11 +227,11 @@ def crop_box(box, size, space:str='pixel', resized_size=None, min_side:float=28,
              margin:float=0.0, clamp:bool=True) -> tuple:
     "The crop (x1, y1, x2, y2 in pixels of an image of `size`) for `box` written in `space`; a `ToolError` says why a box cannot be cropped."
     b = _checked(box)
-    shown, W, H = _box_str(b), float(size[0]), float(size[1])
+    shown, W, H = _box_list(b), float(size[0]), float(size[1])
     x1, y1, x2, y2 = (float(v) for v in convert_boxes(b, space, 'pixel', size, resized_size))
     inside = max(x1, 0.), max(y1, 0.), min(x2, W), min(y2, H)
     extent = {'pixel': size, 'unit': (1, 1), 'k1000': (1000, 1000), 'resized_pixel': resized_size}[space]
-    where = f"the image is [0, 0, {_g(extent[0])}, {_g(extent[1])}] in this tool's coordinates"
+    where = f"the image is [0, 0, {_fmt(extent[0])}, {_fmt(extent[1])}] in this tool's coordinates"
     if inside[2] <= inside[0] or inside[3] <= inside[1]: raise ToolError(f"the box {shown} lies outside the image; {where}")
     if not clamp and inside != (x1, y1, x2, y2): raise ToolError(f"the box {shown} reaches outside the image; {where}")
     x1, y1, x2, y2 = inside
@@ -243,9 +240,9 @@ def crop_box(box, size, space:str='pixel', resized_size=None, min_side:float=28,
         x1, y1, x2, y2 = max(x1 - dx, 0.), max(y1 - dy, 0.), min(x2 + dx, W), min(y2 + dy, H)
     w, h = x2 - x1, y2 - y1
     if min(w, h) < min_side:
-        raise ToolError(f"the box {shown} is too small: {_g(w)}x{_g(h)} pixels of the image; a crop needs at least {_g(min_side)} pixels a side")
+        raise ToolError(f"the box {shown} is too small: {_fmt(w)}x{_fmt(h)} pixels of the image; a crop needs at least {_fmt(min_side)} pixels a side")
     if max(w, h) / min(w, h) > max_aspect:
-        raise ToolError(f"the box {shown} is too thin: {_g(w)}x{_g(h)} pixels of the image, more than {_g(max_aspect)}:1")
+        raise ToolError(f"the box {shown} is too thin: {_fmt(w)}x{_fmt(h)} pixels of the image, more than {_fmt(max_aspect)}:1")
     return x1, y1, x2, y2
 
 # %% ../nbs/41_tools.ipynb #6237932b
