@@ -192,7 +192,7 @@ def test_registry_ratios_counts_and_path_map(folder):
 def caption_format():
     read = lambda rec, ctx: Conversation([('user', [ImageRef(ctx.path(rec['img'])), 'Describe.']), ('assistant', rec['caption'])])
     fmt = register_format(Format('caption_test', lambda r: 'caption' in r, read, ('img', 'caption'), about='img + caption'))
-    special = register_format(Format('llava_shout', lambda r: 'conversations' in r and r.get('shout'), lambda rec, ctx: FORMATS['llava'].read(rec, ctx),
+    register_format(Format('llava_shout', lambda r: 'conversations' in r and r.get('shout'), lambda rec, ctx: FORMATS['llava'].read(rec, ctx),
                                      ('conversations', 'shout'), priority=5))
     yield fmt
     del FORMATS['caption_test'], FORMATS['llava_shout']

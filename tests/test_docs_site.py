@@ -6,11 +6,11 @@ Builds `_docs/` (scripts/build_docs.py, reusing notebooks the notebook tests alr
 is actually shown (decoded, non-zero size) and that no page text leaks what a reader should not see (widget reprs,
 the build machine's paths, raw Markdown fences, progress bars, `NoneType` signatures, `.html.md` links). Search is
 checked on the site opened from files (`file://`), as a reader who opens `_docs/index.html` gets it."""
-import base64, json, os, re, shutil, socket, subprocess, tempfile, threading, time, importlib.util
+import base64, json, os, re, shutil, subprocess, tempfile, threading, time, importlib.util
 from functools import partial
 from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit, unquote
+from urllib.parse import urlsplit, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ holds every box, so the boxes, crops and text are the data's own."""
 import json
 from dataclasses import replace
 import pytest, torch
-from vlmkit.conversation import Conversation, ImageRef, Text, ToolCall, Turn
+from vlmkit.conversation import Conversation, Text, ToolCall, Turn
 from vlmkit.family import FAMILIES
 from vlmkit.testing import noise_image, require_fixture
 from vlmkit.tools import croptool_conversation, legacy_crop_conversation

@@ -8,7 +8,7 @@ from vlmkit.conversation import Conversation, ConversationError, ImageRef, ToolC
 from vlmkit.family import FAMILIES, FAMILY_SOURCES, family_of
 from vlmkit.internvl.family import INTERNVL3_5, render_internvl
 from vlmkit.internvl.prompt import hf_processor, to_hf_text
-from vlmkit.testing import fixture, noise_image, require_fixture
+from vlmkit.testing import noise_image, require_fixture
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from vlmkit.testing import require_fixture, fixtures_dir
 from vlmkit.images import ImageLoadError
 from vlmkit.video import make_test_video, sample_frames
 from vlmkit.internvl.tiling import (VARIANTS, TileDataset, TileExplorer, collate_tiles, dynamic_preprocess,
-    find_closest_aspect_ratio, load_image, load_video, official_pixels, plan_tiles, target_ratios, tile_loader, tiles_fast,
+    load_image, load_video, official_pixels, plan_tiles, target_ratios, tile_loader, tiles_fast,
     tiles_reference)
 
 BICUBIC, LANCZOS = Image.Resampling.BICUBIC, Image.Resampling.LANCZOS

@@ -1,7 +1,7 @@
 """Interactive use: the index notebook (the tour) runs through a real Jupyter kernel via nbclient, as it does in
 JupyterLab, not only through nbdev's in-process runner, and its widgets construct without error."""
 from pathlib import Path
-import nbformat, pytest
+import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'

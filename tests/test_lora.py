@@ -2,7 +2,7 @@
 and nothing under the vision encoder or projector; forward+backward with gradient checkpointing gives every LoRA
 parameter a nonzero gradient and frozen ones none; a reloaded adapter gives identical logits; merged logits are within
 1e-5 (fp32) of the adapter model's. The remote-code-style Ovis2.5 fails with named errors before patching; the native one needs no patch."""
-import re, warnings
+import warnings
 import pytest, torch
 from torch import nn
 from peft import LoraConfig, get_peft_model

@@ -4,7 +4,7 @@ settings (`#| gpu`, `#| slow`) are skipped unless VLMKIT_TEST_FLAGS names the fl
 
 Each executed notebook is also written to `_build/executed/`, so the docs build shows real outputs (plots,
 images) without running the notebooks a second time."""
-import os, time
+import os
 from pathlib import Path
 import nbformat, pytest
 from nbformat.v4 import new_code_cell, new_notebook

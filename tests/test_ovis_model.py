@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from vlmkit.testing import require_fixture
 from vlmkit.attention import varlen_attention, cu_seqlens_from_lengths
 from vlmkit.packing import unpack, pack_by_budget
-from vlmkit.ovis.modeling import (Ovis2_5, Ovis2_5Config, Siglip2NavitConfig, NavitVisionTransformer, block_order,
+from vlmkit.ovis.modeling import (Ovis2_5, Siglip2NavitConfig, NavitVisionTransformer, block_order,
                                   window_partition, pack_samples, random_sample, tiny_ovis25_config,
                                   VISUAL_ATOM_ID, INDICATOR_IDS)
 

@@ -5,13 +5,11 @@ step); the sample borders are found once per forward; generation is unchanged by
 naming the sample; a checkpoint folder loads (transformers 5 and released preprocessor configs); boxes survive
 original -> resized -> Qwen text -> original within half a resized pixel."""
 import functools, json, warnings
-from pathlib import Path
 import numpy as np, pytest, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from vlmkit.boxes import convert_boxes, format_boxes, parse_boxes
 from vlmkit.testing import noise_image
-from vlmkit.qwen.processing import tiny_qwen, load_qwen, load_processor, resized_sizes, image_token_counts
-from vlmkit.qwen import packing
+from vlmkit.qwen.processing import tiny_qwen, load_qwen, resized_sizes, image_token_counts
 from vlmkit.qwen.packing import rope_positions, pack_mrope, packed_lengths, enable_packing
 
 FP32_TOL = 1e-4  # packed vs one by one, fp32 (measured: logits <= 2e-7, loss <= 5e-7, gradients <= 1e-7)

@@ -2,7 +2,6 @@
 import json, subprocess, sys
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 

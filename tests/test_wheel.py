@@ -4,7 +4,6 @@ sys.path entry pointing at the clone)."""
 import os, shutil, subprocess, sys, venv
 from importlib.metadata import version
 from pathlib import Path
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
