@@ -163,3 +163,24 @@ def test_results_of_two_families_are_not_pooled_into_one_table():
     rec = dict(dataset='refcoco', split='val', iou=1.0, hit=True, error=None)
     with pytest.raises(ValueError, match=r"2 families \(internvl3_5, ovis2_5\) would be pooled"):
         results_table([rec | dict(family='ovis2_5'), rec | dict(family='internvl3_5')])
+
+def test_a_batch_that_fails_to_generate_is_retried_one_by_one_and_only_the_bad_ref_is_lost(synthetic, monkeypatch):
+    "A prompt the model cannot run (too long, out of memory) fails its batch: the others are answered alone, it gets an error record."
+    fam = FAMILIES['internvl3_5']
+    model, processor = fam.tiny()
+    _, refs = synthetic
+    refs = refs[:4]
+    calls = []
+    def generate(self, model, processor, rendered, max_new_tokens=64, **kw):
+        calls.append(len(rendered))
+        if len(calls) in (1, 3):                          # the batch of 4, then ref 1 alone
+            raise RuntimeError("the prompt is longer than the model's context")
+        tok = getattr(processor, 'tokenizer', processor)
+        ids = tok(written(fam, (0, 0, 8, 8), rendered[0]), add_special_tokens=False)['input_ids'] + [self.stop_ids(processor)[0]]
+        return torch.tensor([ids] * len(rendered))
+    monkeypatch.setattr(Family, 'generate', generate)
+    results = evaluate_grounding(model.float().eval(), processor, refs, family=fam, batch_size=4, progress=False)
+    assert calls == [4, 1, 1, 1, 1]                     # the batch, then each ref alone
+    errors = [r['error'] for r in results]
+    assert errors[1].startswith("generate: RuntimeError: the prompt is longer"), errors
+    assert [e is None or e.startswith('parse') for i, e in enumerate(errors) if i != 1] == [True] * 3, errors

@@ -436,6 +436,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'vlmkit.grounding': { 'vlmkit.grounding._about_image': ('grounding.html#_about_image', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._decode': ('grounding.html#_decode', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._evaluate_batch': ('grounding.html#_evaluate_batch', 'vlmkit/grounding.py'),
+                                  'vlmkit.grounding._generated': ('grounding.html#_generated', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._model_dtype': ('grounding.html#_model_dtype', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._read_done': ('grounding.html#_read_done', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._render': ('grounding.html#_render', 'vlmkit/grounding.py'),

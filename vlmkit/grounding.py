@@ -97,13 +97,23 @@ def _evaluate_batch(model, processor, fam, refs:list, max_new_tokens:int, render
         r, err = _render(fam, ref, processor, dtype, render_kwargs)
         if err: recs[ref.id] = grounding_record(ref, fam.name, error=err)
         else: ready.append((ref, r))
-    if ready:
-        seqs = fam.generate(model, processor, [r for _, r in ready], max_new_tokens=max_new_tokens, **generate_kwargs)
-        tok, stops = getattr(processor, 'tokenizer', processor), set(fam.stop_ids(processor))
-        for (ref, r), ids in zip(ready, seqs):
+    tok, stops = getattr(processor, 'tokenizer', processor), set(fam.stop_ids(processor))
+    for group in _generated(model, processor, fam, ready, max_new_tokens, generate_kwargs):
+        for (ref, r), ids in group:
+            if isinstance(ids, str): recs[ref.id] = grounding_record(ref, fam.name, error=ids); continue
             resized = r.resized_sizes[0] if r.resized_sizes else None
             recs[ref.id] = score_answer(ref, _decode(tok, ids, stops), fam.syntax, r.image_sizes[0], resized)
     return [recs[ref.id] for ref in refs]
+
+def _generated(model, processor, fam, ready:list, max_new_tokens:int, generate_kwargs:dict):
+    "`[((ref, rendered), ids)]` of the batch; if the batch fails (out of memory, a prompt over the context), each ref alone, a failing one with its error text instead of ids."
+    if not ready: return
+    try:
+        yield list(zip(ready, fam.generate(model, processor, [r for _, r in ready], max_new_tokens=max_new_tokens, **generate_kwargs)))
+        return
+    except Exception as e:
+        if len(ready) == 1: yield [(ready[0], f"generate: {type(e).__name__}: {str(e)[:300]}")]; return
+    for item in ready: yield from _generated(model, processor, fam, [item], max_new_tokens, generate_kwargs)
 
 def evaluate_grounding(model, processor, refs, out=None, family=None, batch_size:int=8, max_new_tokens:int=64,
                        progress:bool=True, resume:bool=True, render_kwargs:dict|None=None, **generate_kwargs) -> list[dict]:
