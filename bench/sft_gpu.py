@@ -31,7 +31,9 @@ and the weights stay those every row starts from):
    times the longest sample's tokens (`--budgets`, default 4), `fam.collate(row, pack=True)`, and the loss from the
    final hidden states at the trained positions (`vlmkit.loss.labelled_lm_loss`, no `[tokens, vocab]` logits;
    `--vlmkit-loss model` takes the model's own `model(**row).loss` instead, `both` runs both rows).
-   `--compile` adds the same row with compiled blocks (`vlmkit.compiling.compile_blocks`, inductor; aot_eager in --tiny).
+   `--compile` adds the same row with compiled blocks (`vlmkit.compiling.compile_blocks`, inductor; aot_eager in --tiny);
+   `--offload` adds each vlmkit row again with what its forward saves for the backward in pinned host memory
+   (`torch.autograd.graph.save_on_cpu`, as `SFTConfig.offload_activations` does): a lower peak for a slower step.
 
 Every row's batches are collated and pinned before the clock starts and copied without blocking, as a DataLoader with
 workers and `pin_memory` hands them over; each row warms up on two batches, then the best of `--repeats` passes counts
@@ -249,6 +251,12 @@ def hidden_state_loss(pm, batch):
     with hidden_states_instead_of_logits(pm) as head: hidden = pm(**batch).logits
     return labelled_lm_loss(hidden, labels, head)
 
+def offloaded(loss_fn):
+    "`loss_fn` with what its forward saves for the backward kept in pinned host memory (`SFTConfig.offload_activations`)."
+    def loss(pm, batch):
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()): return loss_fn(pm, batch)
+    return loss
+
 def host_batches(fam, rendered, groups, pack, device):
     "Each group collated on the host, pinned where the GPU will read it: what a DataLoader with workers and `pin_memory` hands over."
     pin = (lambda t: t.pin_memory()) if device.type == 'cuda' else (lambda t: t)
@@ -342,6 +350,7 @@ def bench_family(name, args, data, device, dtype, peak_flops):
     pm = vlmkit_peft(fam, model, args.rank); pm.train()
     losses = {'hidden': [('', hidden_state_loss)], 'model': [(", model's loss", model_loss)]}
     losses['both'] = losses['hidden'] + losses['model']
+    if args.offload: losses = {k: v + [(f"{s}, offloaded", offloaded(fn)) for s, fn in v] for k, v in losses.items()}
     packs = {k: pack_rows_by_budget(rendered, int(k * max(lengths))) for k in args.budgets}
     for k, p in packs.items():
         if p.left_out: raise SystemExit(f"{name}: pack budget {k}x left samples out: {p.left_out}")
@@ -386,6 +395,7 @@ def main():
     ap.add_argument('--vlmkit-loss', choices=['hidden', 'model', 'both'], default='hidden',
                     help="vlmkit rows' loss: from hidden states at the trained positions (default), the model's own, or both rows")
     ap.add_argument('--compile', action='store_true', help='add the vlmkit rows again with compiled blocks')
+    ap.add_argument('--offload', action='store_true', help="add each vlmkit row again with its saved activations in host memory (SFTConfig.offload_activations)")
     ap.add_argument('--compile-backend', help='torch.compile backend of --compile (default inductor; --tiny: aot_eager)')
     ap.add_argument('--peak-tflops', type=float, help="the card's bf16 dense peak in TFLOP/s (known: H100, H200)")
     ap.add_argument('--json', help='write the results here (after each family)')

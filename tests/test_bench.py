@@ -35,16 +35,17 @@ def test_tiny_run_prints_its_table(script):
     assert all(cells(l) == cells(lines[i - 1]) for l in body), f"{script.name}: rows and header differ in columns"
 
 def test_sft_bench_tiny_rows_agree(tmp_path):
-    "bench/sft_gpu.py --tiny: each family has its plain and vlmkit rows (both vlmkit losses), none failed, every loss sum that of one at a time."
+    "bench/sft_gpu.py --tiny: each family has its plain and vlmkit rows (both vlmkit losses, kept and offloaded), none failed, every loss sum that of one at a time."
     out = tmp_path/'sft.json'
     env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, str(ROOT/'bench'/'sft_gpu.py'), '--tiny', '--vlmkit-loss', 'both', '--json', str(out)],
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'sft_gpu.py'), '--tiny', '--vlmkit-loss', 'both', '--offload', '--json', str(out)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     results = json.loads(out.read_text())['results']
     assert [f['family'] for f in results] == ['internvl3_5', 'qwen2_5_vl', 'ovis2_5']
     for f in results:
         assert [row['mode'] for row in f['rows']] == ['plain, one at a time', 'plain, padded batches of 4', 'vlmkit packed 2x',
-                                                      "vlmkit packed 2x, model's loss"], f
+                                                      "vlmkit packed 2x, model's loss", 'vlmkit packed 2x, offloaded',
+                                                      "vlmkit packed 2x, model's loss, offloaded"], f
         first = f['rows'][0]['loss_sum']
         for row in f['rows']: assert abs(row['loss_sum'] - first) <= 1e-3 * abs(first), (f['family'], row)

@@ -275,3 +275,14 @@ def test_an_unknown_compile_backend_is_a_config_error(tmp_path):
     write_grounding('internvl3_5', tmp_path, n=2)
     with pytest.raises(ConfigError, match="compile: 'inductr' is not a torch.compile backend"):
         check_config(SFTConfig(family='internvl3_5', train=[str(tmp_path/'train.jsonl')], compile='inductr'))
+
+def test_offloaded_activations_train_like_kept_ones(tmp_path):
+    "`--offload-activations`: what the forward saves waits in host memory; the losses are the same."
+    write_grounding('qwen2_5_vl', tmp_path, n=8)
+    write_config(tmp_path, 'qwen2_5_vl', max_steps=3, checkpointing=True)
+    vlmkit_sft(tmp_path, '--output-dir', 'kept')
+    vlmkit_sft(tmp_path, '--output-dir', 'offloaded', '--offload-activations')
+    kept, offloaded = ([h['loss'] for h in history(tmp_path/d)] for d in ('kept', 'offloaded'))
+    assert len(kept) == 3 and offloaded == kept, (kept, offloaded)
+    assert adapter(tmp_path/'kept').keys() == adapter(tmp_path/'offloaded').keys()
+    assert all(torch.equal(a, b) for a, b in zip(adapter(tmp_path/'kept').values(), adapter(tmp_path/'offloaded').values()))

@@ -1066,6 +1066,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'vlmkit.sft.SFTTrainer.note_skipped': ('sft.html#sfttrainer.note_skipped', 'vlmkit/sft.py'),
                             'vlmkit.sft.SFTTrainer.prediction_step': ('sft.html#sfttrainer.prediction_step', 'vlmkit/sft.py'),
                             'vlmkit.sft.SFTTrainer.row_loss': ('sft.html#sfttrainer.row_loss', 'vlmkit/sft.py'),
+                            'vlmkit.sft.SFTTrainer.saved_tensors_context': ('sft.html#sfttrainer.saved_tensors_context', 'vlmkit/sft.py'),
                             'vlmkit.sft.SFTTrainer.shards_lm_head': ('sft.html#sfttrainer.shards_lm_head', 'vlmkit/sft.py'),
                             'vlmkit.sft.Skipped': ('sft.html#skipped', 'vlmkit/sft.py'),
                             'vlmkit.sft.Skipped.where': ('sft.html#skipped.where', 'vlmkit/sft.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/53_sft.ipynb #e38b646b
 from __future__ import annotations
-import dataclasses, itertools, json, logging, math, os, re
+import contextlib, dataclasses, itertools, json, logging, math, os, re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import torch
@@ -166,9 +166,10 @@ class SFTTrainer(Trainer):
     """transformers' `Trainer` for rows of rendered conversations: each step's loss is the mean over every token it trains
     (all accumulated rows, all processes) for every family; samples that fail are reported once and skipped; the eval
     loss is per trained token."""
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, offload_activations:bool=False, **kwargs):
         kwargs.setdefault('compute_metrics', token_weighted_loss)
         super().__init__(*args, **kwargs)
+        self.offload_activations = offload_activations   # what the forward saves for the backward waits in host memory
         self.loss_is_scaled_for_ga = True   # compute_loss divides by the step's trained tokens itself
         self.skipped = {}                   # (split, index) -> Skipped, as met in training and eval
 
@@ -197,10 +198,16 @@ class SFTTrainer(Trainer):
             hidden = model(**inputs).logits
         return labelled_lm_loss(hidden, labels, head, num_items_in_batch)
 
+    def saved_tensors_context(self):
+        "Where the training forward keeps what the backward needs: on the device, or (`offload_activations`) in pinned host memory, copied back as the backward reaches it."
+        if not self.offload_activations: return contextlib.nullcontext()
+        return torch.autograd.graph.save_on_cpu(pin_memory=self.args.device.type == 'cuda')
+
     def compute_loss(self, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
         "This row's summed token loss over the step's `num_items_in_batch`, times the processes (DDP averages gradients); without it, the row's mean."
         self.note_skipped(inputs.pop(SKIPPED, ()))
-        loss = self.row_loss(model, inputs, num_items_in_batch)
+        with self.saved_tensors_context():
+            loss = self.row_loss(model, inputs, num_items_in_batch)
         if num_items_in_batch is not None: loss = loss * self.accelerator.num_processes
         return (loss, {'loss': loss}) if return_outputs else loss
 
@@ -256,6 +263,7 @@ class SFTConfig:
     packing: bool = opt(True, "packed rows on varlen attention (--no-packing: the same rows as right-padded batches)")
     bf16: bool = opt(True, "bf16 mixed precision")
     checkpointing: bool = opt(False, "activation checkpointing of every layer (LLM and vision tower)")
+    offload_activations: bool = opt(False, "keep what the forward saves for the backward (checkpointed layer inputs, ...) in host memory: a lower peak for a slower step")
     compile: str|None = opt(None, "torch.compile backend for the parts of every block (vlmkit.compiling.compile_blocks), e.g. inductor: fused elementwise work on a GPU; none: eager")
     lr_scheduler: str = opt('linear', "transformers' scheduler name (linear, cosine, constant, ...)")
     warmup: float = opt(0.0, "warmup: a fraction of the steps (< 1) or a number of steps")
@@ -447,7 +455,8 @@ def sft(cfg:SFTConfig) -> SFTTrainer:
         _describe('eval', evals, bad_eval, cfg.batch_tokens, state.num_processes)
         bad += bad_eval
     filler = train.samples[next(i for i, n in enumerate(train.lengths) if isinstance(n, int))]
-    trainer = SFTTrainer(model=model, args=args, data_collator=RowCollator(fam, filler, cfg.packing), train_dataset=train, eval_dataset=evals)
+    trainer = SFTTrainer(model=model, args=args, data_collator=RowCollator(fam, filler, cfg.packing), train_dataset=train, eval_dataset=evals,
+                         offload_activations=cfg.offload_activations)
     resume = resume_point(cfg)
     if state.is_main_process: _write_outputs(cfg, processor, read_skips + bad)
     trainer.train(resume_from_checkpoint=resume)
