@@ -23,9 +23,9 @@ from .sft import (ConfigError, load_for_training, opt, prepare_model, resume_poi
 # %% auto #0
 __all__ = ['logger', 'SCALES', 'AGGREGATIONS', 'NOT_COLUMNS', 'nanstd', 'group_advantages', 'k3_kl', 'grpo_loss',
            'linear_logprobs', 'labelled_logprobs', 'sample_logprobs', 'padded', 'reference_logprobs', 'prompt_of',
-           'columns_of', 'grounding_prompts', 'resolve_reward', 'reward_functions', 'score', 'GRPOConfig',
-           'check_grpo_config', 'PromptDataset', 'keep_records', 'GRPOTrainer', 'read_prompts', 'load_policy',
-           'grpo_trainer', 'grpo']
+           'columns_of', 'grounding_prompts', 'write_grounding_prompts', 'resolve_reward', 'reward_functions', 'score',
+           'GRPOConfig', 'check_grpo_config', 'PromptDataset', 'keep_records', 'GRPOTrainer', 'read_prompts',
+           'load_policy', 'grpo_trainer', 'grpo']
 
 # %% ../nbs/56_grpo.ipynb #d1e5f398
 logger = logging.getLogger(__name__)
@@ -197,6 +197,12 @@ def grounding_prompts(family, processor=None, n:int=16, seed:int=0, size:tuple=(
         out.append(Conversation([Turn('user', [ImageRef(img), fam.grounding_prompt(f"the {obj['name']}")])],
                                 meta={'sample': i, 'solution': [float(v) for v in obj['box']], 'image_size': list(img.size)}))
     return out
+
+def write_grounding_prompts(family, folder, n:int=16, seed:int=0) -> Path:
+    "`grounding_prompts` as `folder/train.jsonl`, images in `folder/images`: a prompt file for `vlmkit grpo --train`."
+    from vlmkit.data import write_conversations
+    folder = Path(folder)
+    return write_conversations(grounding_prompts(family, n=n, seed=seed), folder/'train.jsonl', image_dir=folder/'images')
 
 # %% ../nbs/56_grpo.ipynb #5521d0a6
 def resolve_reward(name:str):
