@@ -201,6 +201,18 @@ def _run_filter_results(fam, tiny):
     recs = [dict(id=f'refcoco/val/{i}', dataset='refcoco', split='val', family=f, iou=0.7, hit=True, error=None) for i, f in enumerate(FAMILIES)]
     assert [r['family'] for r in filter_results(recs, family=fam.name)] == [fam.name]
 
+def _run_rewards(fam, tiny):
+    "R-GRPO's box rewards read the family's own answer (its syntax and space) back to the gold box in pixels: IoU 1, a hit, the crop bonus."
+    from vlmkit.rewards import crop_reward, iou_hit_reward, iou_reward, predicted_box
+    model, processor = tiny
+    c = conversations(fam, processor)
+    r = c['rendered_ask']
+    cols = dict(solution=[BOX], image_size=[r.image_sizes[0]], syntax=fam.name, resized_size=[r.resized_sizes[0] if r.resized_sizes else None])
+    done = [f"<think>Let me look. <tool_call>Crop [4, 2, 44, 32]</tool_call><image></think><answer>{c['answer']}</answer>"]
+    assert predicted_box(c['answer'], fam.name, r.image_sizes[0], cols['resized_size'][0]).tolist() == pytest.approx(BOX, abs=1)
+    assert iou_reward(None, done, **cols) == [pytest.approx(1.0, abs=0.1)] and iou_hit_reward(None, done, **cols) == [1.0]
+    assert 0 < crop_reward(None, done, **cols)[0] < 0.5  # a crop around the box (the tool wants 28 pixels a side): part of the bonus
+
 RUN = {
     'vlmkit.grounding_viz.filter_results': _run_filter_results,
     'Family.grounding_prompt': _run_grounding, 'vlmkit.grounding.grounding_conversation': _run_grounding,
@@ -215,6 +227,8 @@ RUN = {
     'vlmkit.family.Family.stop_ids': _run_stop_ids, 'vlmkit.collation.RowPacking.batches': _run_pack_rows,
     'vlmkit.sft.synthetic_grounding': _run_sft, 'vlmkit.sft.rows_of': _run_sft, 'vlmkit.sft.load_for_training': _run_sft,
     'vlmkit.sft.prepare_model': _run_sft,
+    'vlmkit.rewards.iou_reward': _run_rewards, 'vlmkit.rewards.iou_hit_reward': _run_rewards,
+    'vlmkit.rewards.crop_reward': _run_rewards, 'vlmkit.rewards.predicted_box': _run_rewards,
 }
 
 @pytest.mark.parametrize('run', sorted(set(RUN.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__[5:])
