@@ -201,6 +201,20 @@ def _run_filter_results(fam, tiny):
     recs = [dict(id=f'refcoco/val/{i}', dataset='refcoco', split='val', family=f, iou=0.7, hit=True, error=None) for i, f in enumerate(FAMILIES)]
     assert [r['family'] for r in filter_results(recs, family=fam.name)] == [fam.name]
 
+def _run_rollout(fam, tiny):
+    "A scripted model's rollout with a crop call is the training render of its trajectory (`vlmkit.rollout`); greedy without calls is `generate`."
+    from vlmkit.rollout import rollout, scripted_family, tool_trajectory
+    model, processor = tiny
+    ask = conversations(fam, processor)['ask']
+    traj = tool_trajectory(ask, ['Look. <tool_call>Crop [2, 2, 40, 34]</tool_call>', 'A cup.'])
+    sft = fam.render(traj, processor, training=True)
+    r, = rollout(model, processor, [ask], group_size=1, family=scripted_family(fam, [sft.input_ids]), max_new_tokens=64)
+    assert torch.equal(r.rendered.input_ids, sft.input_ids) and torch.equal(r.rendered.labels, sft.labels)
+    assert (r.tool_calls, r.tool_errors, r.finished) == (1, 0, True)
+    g, = rollout(model, processor, [ask], group_size=1, family=fam, do_sample=False, max_new_tokens=4)
+    ids = fam.generate(model, processor, [ask], max_new_tokens=4)[0]
+    assert g.tool_calls == 0 and g.rendered.labels[g.rendered.labels != -100].tolist() == ids[:g.n_generated].tolist()
+
 RUN = {
     'vlmkit.grounding_viz.filter_results': _run_filter_results,
     'Family.grounding_prompt': _run_grounding, 'vlmkit.grounding.grounding_conversation': _run_grounding,
@@ -215,6 +229,7 @@ RUN = {
     'vlmkit.family.Family.stop_ids': _run_stop_ids, 'vlmkit.collation.RowPacking.batches': _run_pack_rows,
     'vlmkit.sft.synthetic_grounding': _run_sft, 'vlmkit.sft.rows_of': _run_sft, 'vlmkit.sft.load_for_training': _run_sft,
     'vlmkit.sft.prepare_model': _run_sft,
+    'vlmkit.rollout.rollout': _run_rollout, 'vlmkit.rollout.scripted_family': _run_rollout,
 }
 
 @pytest.mark.parametrize('run', sorted(set(RUN.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__[5:])
