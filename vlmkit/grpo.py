@@ -16,19 +16,19 @@ from .conversation import Conversation, ImageRef, Turn
 from .data import read_conversations
 from .family import Rendered, family_of
 from .images import synthetic_image
-from .lora import PRESETS, load_adapter
+from .lora import PRESETS, base_of, load_adapter
 from .loss import _accumulate_matmul, hidden_states_instead_of_logits, shift_labels
 from .sft import (ConfigError, load_for_training, opt, prepare_model, resume_point, training_arguments)
 
 # %% auto #0
-__all__ = ['logger', 'SCALES', 'AGGREGATIONS', 'NOT_COLUMNS', 'nanstd', 'group_advantages', 'k3_kl', 'grpo_loss',
-           'linear_logprobs', 'labelled_logprobs', 'sample_logprobs', 'padded', 'reference_logprobs', 'prompt_of',
-           'columns_of', 'grounding_prompts', 'write_grounding_prompts', 'resolve_reward', 'reward_functions', 'score',
-           'GRPOConfig', 'check_grpo_config', 'PromptDataset', 'keep_records', 'GRPOTrainer', 'read_prompts',
-           'load_policy', 'grpo_trainer', 'grpo']
+__all__ = ['SCALES', 'AGGREGATIONS', 'NOT_COLUMNS', 'nanstd', 'group_advantages', 'k3_kl', 'grpo_loss', 'linear_logprobs',
+           'labelled_logprobs', 'sample_logprobs', 'padded', 'reference_logprobs', 'prompt_of', 'columns_of',
+           'grounding_prompts', 'write_grounding_prompts', 'resolve_reward', 'reward_functions', 'score', 'GRPOConfig',
+           'check_grpo_config', 'PromptDataset', 'keep_records', 'GRPOTrainer', 'read_prompts', 'load_policy',
+           'grpo_trainer', 'grpo']
 
 # %% ../nbs/56_grpo.ipynb #d1e5f398
-logger = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 # %% ../nbs/56_grpo.ipynb #0d63009a
 SCALES = ('group', 'batch', 'none')
@@ -354,7 +354,8 @@ class GRPOTrainer(Trainer):
         model.eval()
         try:
             with torch.no_grad():
-                return fn(model, self.processor, prompts, group_size=self.group_size, family=self.family,
+                # the PEFT wrapper's inner model: LoRA layers stay in it and active; the decode hooks want the family's model
+                return fn(base_of(model), self.processor, prompts, group_size=self.group_size, family=self.family,
                           generator=self.generator(next(model.parameters()).device), **self.rollout_kwargs)
         finally: model.train(was_training)
 
@@ -412,7 +413,7 @@ class GRPOTrainer(Trainer):
 def read_prompts(cfg:GRPOConfig) -> list[Conversation]:
     "The conversations of `cfg.train` (answers not required); records that do not load are reported and left out."
     convs, report = read_conversations(cfg.train, cfg.image_root, require_answer=False)
-    for p in report: logger.warning(f"skipped {p.file}:{p.line}: {p.kind}: {p.reason}")
+    for p in report: _log.warning(f"skipped {p.file}:{p.line}: {p.kind}: {p.reason}")
     if not convs: raise ConfigError("train: no prompt loads:\n" + report.describe(limit=5))
     return convs
 
