@@ -212,6 +212,19 @@ def _run_rewards(fam, tiny):
     assert predicted_box(c['answer'], fam.name, r.image_sizes[0], cols['resized_size'][0]).tolist() == pytest.approx(BOX, abs=1)
     assert iou_reward(None, done, **cols) == [pytest.approx(1.0, abs=0.1)] and iou_hit_reward(None, done, **cols) == [1.0]
     assert 0 < crop_reward(None, done, **cols)[0] < 0.5  # a crop around the box (the tool wants 28 pixels a side): part of the bonus
+def _run_rollout(fam, tiny):
+    "A scripted model's rollout with a crop call is the training render of its trajectory (`vlmkit.rollout`); greedy without calls is `generate`."
+    from vlmkit.rollout import rollout, scripted_family, tool_trajectory
+    model, processor = tiny
+    ask = conversations(fam, processor)['ask']
+    traj = tool_trajectory(ask, ['Look. <tool_call>Crop [2, 2, 40, 34]</tool_call>', 'A cup.'])
+    sft = fam.render(traj, processor, training=True)
+    r, = rollout(model, processor, [ask], group_size=1, family=scripted_family(fam, [sft.input_ids]), max_new_tokens=64)
+    assert torch.equal(r.rendered.input_ids, sft.input_ids) and torch.equal(r.rendered.labels, sft.labels)
+    assert (r.tool_calls, r.tool_errors, r.finished) == (1, 0, True)
+    g, = rollout(model, processor, [ask], group_size=1, family=fam, do_sample=False, max_new_tokens=4)
+    ids = fam.generate(model, processor, [ask], max_new_tokens=4)[0]
+    assert g.tool_calls == 0 and g.rendered.labels[g.rendered.labels != -100].tolist() == ids[:g.n_generated].tolist()
 
 RUN = {
     'vlmkit.grounding_viz.filter_results': _run_filter_results,
@@ -229,6 +242,7 @@ RUN = {
     'vlmkit.sft.prepare_model': _run_sft,
     'vlmkit.rewards.iou_reward': _run_rewards, 'vlmkit.rewards.iou_hit_reward': _run_rewards,
     'vlmkit.rewards.crop_reward': _run_rewards, 'vlmkit.rewards.predicted_box': _run_rewards,
+    'vlmkit.rollout.rollout': _run_rollout, 'vlmkit.rollout.scripted_family': _run_rollout,
 }
 
 @pytest.mark.parametrize('run', sorted(set(RUN.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__[5:])

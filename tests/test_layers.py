@@ -20,7 +20,7 @@ LAYERS = {
     'vlmkit.ovis': 10, 'vlmkit.internvl': 10, 'vlmkit.qwen': 10,
     'vlmkit.lora': 30,  # adaptation
     'vlmkit.data': 40, 'vlmkit.tools': 40, 'vlmkit.collation': 40,  # data
-    'vlmkit.sft': 50, 'vlmkit.rewards': 50, 'vlmkit.cli': 70, 'vlmkit.__main__': 70,  # training; apps (`python -m vlmkit` is the CLI)
+    'vlmkit.sft': 50, 'vlmkit.rewards': 50, 'vlmkit.rollout': 50, 'vlmkit.grpo': 50, 'vlmkit.cli': 70, 'vlmkit.__main__': 70,  # training; apps (`python -m vlmkit` is the CLI)
     'vlmkit.refcoco': 60, 'vlmkit.grounding': 60, 'vlmkit.grounding_viz': 60,  # evaluation
     # the other apps (70s) get their rows when their modules arrive
     'vlmkit.tour': 80,

@@ -1,0 +1,76 @@
+"""Acceptance of `vlmkit.grpo` (issue 18, items 2 and 4) on the CPU: advantages have zero mean per group; tool-inserted
+tokens get exactly zero gradient through a real tiny model; the loss at ratio 1 is minus the advantage-weighted mean;
+the trainer runs its steps end to end and logs every metric (rollouts from tests/text_rollout.py, a text-only stand-in)."""
+import sys, tempfile
+from pathlib import Path
+import pytest, torch
+from vlmkit.family import FAMILIES
+from vlmkit.grpo import (GRPOConfig, grounding_prompts, group_advantages, grpo_loss, grpo_trainer, labelled_logprobs, padded)
+from vlmkit.loss import hidden_states_instead_of_logits, shift_labels
+from vlmkit.sft import prepare_model, synthetic_grounding
+
+sys.path.insert(0, str(Path(__file__).parent))
+from text_rollout import text_rollout  # noqa: E402
+
+
+@pytest.mark.parametrize('scale', ['group', 'batch', 'none'])
+def test_advantages_have_zero_mean_per_group(scale):
+    g = torch.Generator().manual_seed(0)
+    for G in (2, 4, 8):
+        rewards = torch.rand(5 * G, generator=g).tolist()
+        rewards[3] = None
+        adv, stats = group_advantages(rewards, G, scale)
+        groups = adv.view(5, G)
+        assert groups.nansum(1).abs().max() < 1e-5
+        assert stats['unscored'] == 1 and adv[3].isnan()
+
+
+def test_tool_inserted_tokens_get_exactly_zero_gradient():
+    fam = FAMILIES['qwen2_5_vl']
+    model, processor = fam.tiny()
+    model = model.float()
+    r = fam.render(synthetic_grounding(fam, processor, 1)[0], processor, training=True)
+    trained = (r.labels != -100).nonzero()[:, 0]
+    tool = trained[2:5]                          # pretend a tool wrote these answer tokens
+    labels = r.labels.clone(); labels[tool] = -100
+    inputs = fam.collate([r], pack=False); inputs.pop('labels')
+    with hidden_states_instead_of_logits(model) as head:
+        hidden = model(**inputs).logits
+    hidden.retain_grad()
+    lp = labelled_logprobs(hidden, labels[None], head)
+    loss, _ = grpo_loss(lp[None], lp.detach()[None] - 0.05, torch.tensor([1.3]), torch.ones(1, len(lp)))
+    loss.backward()
+    g = hidden.grad[0]
+    assert g[tool - 1].abs().max().item() == 0.0                      # the positions that predict tool tokens
+    assert (g[(shift_labels(labels) != -100)].abs().sum(-1) > 0).all()
+
+
+def test_loss_at_ratio_one_is_minus_the_advantage_weighted_mean():
+    lp = torch.randn(3, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    A = torch.tensor([0.5, -1.0, 2.0])
+    tokens = mask.sum()
+    assert grpo_loss(lp, lp, A, mask, aggregation='dapo')[0].item() == pytest.approx(-(A * mask.sum(1)).sum().item() / tokens.item())
+    assert grpo_loss(lp, lp, A, mask, aggregation='grpo')[0].item() == pytest.approx(-A.mean().item())
+
+
+def test_trainer_runs_and_logs_every_metric():
+    fam = FAMILIES['qwen2_5_vl']
+    model, processor = fam.tiny()
+    digits = lambda prompts, completions, **kw: [sum(ch.isdigit() for ch in c[:4]) / 4 for c in completions]
+    cfg = GRPOConfig(family='qwen2_5_vl', output_dir=tempfile.mkdtemp(), rewards={digits: 1.0}, group_size=4, prompts_per_step=2,
+                     max_new_tokens=4, lr=1e-2, max_steps=2, bf16=False, report_to='none', progress=False, lora_r=8, beta=0.04, train=['x'])
+    model = prepare_model(model.float(), fam, cfg, verbose=False)
+    tr = grpo_trainer(cfg, model, fam, processor, grounding_prompts(fam, n=4), rollout_fn=text_rollout)
+    tr.train()
+    logs = [h for h in tr.state.log_history if 'reward' in h]
+    assert len(logs) == 2
+    for k in ('loss', 'reward', 'rewards/<lambda>', 'kl', 'clip_ratio/low', 'clip_ratio/high', 'ratio/mean',
+              'completions/mean_length', 'tool_calls', 'frac_reward_zero_std'):
+        assert k in logs[-1], k
+    assert logs[0]['ratio/mean'] == pytest.approx(1.0, abs=1e-4) and logs[0]['kl'] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_padded_lays_vectors_out():
+    out, mask = padded([torch.ones(2), torch.ones(3)])
+    assert out.shape == (2, 3) and mask.sum() == 5 and not mask[0, 2]
