@@ -132,3 +132,23 @@ def test_limits(fam, tiny):
     short, = rollout(model, processor, [_prompt(traj)], group_size=1, family=script, max_new_tokens=7)
     assert (short.n_generated, short.finished, short.tool_calls) == (7, False, 0)
     assert int((short.rendered.labels != -100).sum()) == 7   # the closing <|im_end|> the render adds is not the model's
+
+def test_sampled_bytes_that_are_no_text_stay_as_sampled(fam, tiny):
+    "A segment whose tokens the family would tokenize otherwise (a lone byte that is no UTF-8) is kept as sampled, before a crop too."
+    model, processor = tiny
+    tok = getattr(processor, 'tokenizer', processor)
+    lone = next(i for i in range(len(tok)) if tok.decode([i]) == '\ufffd')        # one byte, decoded as U+FFFD (3 bytes re-encoded)
+    traj = tool_trajectory(_prompt(_synthetic()[0]), ['A\ufffdB <tool_call>Crop [10, 20, 90, 100]</tool_call>', 'C.'])
+    sft = fam.render(traj, processor, training=True)
+    at = next(i for i in range(len(sft)) if sft.labels[i] != -100 and tok.decode(sft.input_ids[i:i + 3]) == '\ufffd')
+    script = torch.cat([sft.input_ids[:at], torch.tensor([lone]), sft.input_ids[at + 3:]])
+    r, = rollout(model, processor, [_prompt(traj)], group_size=1, family=scripted_family(fam, [script]), max_new_tokens=200)
+    assert torch.equal(r.rendered.input_ids, script) and r.retokenized == 1 and (r.tool_calls, r.tool_errors, r.finished) == (1, 0, True)
+    assert [(s.start, s.end) for s in r.rendered.spans] == \
+           [(s.start - 2 * (s.start > at), s.end - 2 * (s.start > at)) for s in sft.spans]
+    assert torch.equal(r.rendered.labels != -100, torch.cat([sft.labels[:at] != -100, torch.tensor([True]), sft.labels[at + 3:] != -100]))
+    fam.enable_packing(model)
+    with torch.no_grad():                       # the packed row (per-sample positions the splice kept) reads as the padded batch
+        packed, padded = fam.collate([r.rendered], pack=True), fam.collate([r.rendered], pack=False)
+        packed.pop('labels'); padded.pop('labels')
+        assert (model(**packed).logits[0] - model(**padded).logits[0]).abs().max() < 1e-4
