@@ -308,3 +308,15 @@ def test_relative_data_paths_resolve_once(tmp_path, monkeypatch):
     assert len(report) == 0 and convs[0].images[0].item.src == os.path.join('data', 'img/a.png')
     back, report = read_conversations(write_conversations(convs, 'out/again.jsonl'))   # written relative to the new file
     assert len(report) == 0 and back[0].images[0].item.load().size == (32, 24)
+
+
+def test_pil_images_written_under_a_relative_folder_read_back(tmp_path, monkeypatch):
+    "PIL images saved under a relative `image_dir` are written relative to the data file, as reading resolves them."
+    from vlmkit.images import synthetic_image
+    monkeypatch.chdir(tmp_path)
+    img, _ = synthetic_image(0, (40, 30))
+    conv = Conversation([Turn('user', [ImageRef(img), 'What is it?']), Turn('assistant', 'A shape.')])
+    path = write_conversations([conv], 'prompts/train.jsonl', image_dir='prompts/images')
+    convs, report = read_conversations(path)
+    assert not report.problems and len(convs) == 1, report.describe()
+    assert convs[0].images[0].item.load().size == (40, 30)

@@ -226,6 +226,38 @@ def _run_rollout(fam, tiny):
     ids = fam.generate(model, processor, [ask], max_new_tokens=4)[0]
     assert g.tool_calls == 0 and g.rendered.labels[g.rendered.labels != -100].tolist() == ids[:g.n_generated].tolist()
 
+def _run_grpo(fam, tiny):
+    "Grounding prompts (in memory and as a prompt file) and the trainer's per-token log-probs: packed = the model's own log-softmax; the reference = the adapter-disabled model."
+    from vlmkit.data import read_conversations
+    from vlmkit.grpo import grounding_prompts, reference_logprobs, sample_logprobs, write_grounding_prompts
+    from vlmkit.lora import apply_lora
+    _, processor = tiny
+    prompts = grounding_prompts(fam, processor, n=2)
+    assert [p.meta['image_size'] for p in prompts] == [list(p.images[0].item.src.size) for p in prompts]
+    with tempfile.TemporaryDirectory() as d:
+        back, report = read_conversations(write_grounding_prompts(fam, d, n=2), require_answer=False)
+        assert len(back) == 2 and not report.problems and back[0].meta['solution'] == prompts[0].meta['solution']
+    answered = [Conversation([*p.turns, Turn('assistant', 'A cup.')]) for p in prompts]
+    rendered = [fam.render(c, processor, training=True) for c in answered]
+    model = fam.enable_packing(fam.tiny()[0].float().eval())
+    own = []
+    with torch.no_grad():
+        for r in rendered:
+            batch = fam.collate([r], pack=False)
+            batch.pop('labels')
+            logits = model(**batch).logits[0].float()
+            y = r.labels[1:]
+            own.append(torch.log_softmax(logits[:-1], -1)[y != -100].gather(-1, y[y != -100][:, None])[:, 0])
+        packed = sample_logprobs(model, fam, rendered)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(packed, own)), (packed, own)
+    pm = apply_lora(model, 'llm', r=4, verbose=False)
+    for n, p in pm.named_parameters():
+        if 'lora_B' in n: torch.nn.init.normal_(p, std=0.5)   # an adapter that changes the policy
+    ref = reference_logprobs(pm, fam, rendered)
+    with torch.no_grad(): moved = sample_logprobs(pm, fam, rendered)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ref, own))
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(moved, own))
+
 RUN = {
     'vlmkit.grounding_viz.filter_results': _run_filter_results,
     'Family.grounding_prompt': _run_grounding, 'vlmkit.grounding.grounding_conversation': _run_grounding,
@@ -242,6 +274,8 @@ RUN = {
     'vlmkit.sft.prepare_model': _run_sft,
     'vlmkit.rewards.iou_reward': _run_rewards, 'vlmkit.rewards.iou_hit_reward': _run_rewards,
     'vlmkit.rewards.crop_reward': _run_rewards, 'vlmkit.rewards.predicted_box': _run_rewards,
+    'vlmkit.grpo.grounding_prompts': _run_grpo, 'vlmkit.grpo.write_grounding_prompts': _run_grpo,
+    'vlmkit.grpo.sample_logprobs': _run_grpo, 'vlmkit.grpo.reference_logprobs': _run_grpo,
     'vlmkit.rollout.rollout': _run_rollout, 'vlmkit.rollout.scripted_family': _run_rollout,
 }
 

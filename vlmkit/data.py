@@ -725,5 +725,7 @@ def write_conversations(convs, path, image_dir=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     here = lambda src: os.path.relpath(src, path.parent) if isinstance(src, str) and not os.path.isabs(src) and '://' not in src else src
     with open(path, 'w', encoding='utf-8') as f:   # relative image paths are written relative to the file, as reading resolves them
-        for c in convs: f.write(_relocated(c, here).to_json(image_dir) + '\n')
+        for c in convs:   # PIL images saved first (under image_dir), so their paths are written relative to the file too
+            saved = Conversation.from_dict(c.to_dict(image_dir)) if image_dir is not None else c
+            f.write(_relocated(saved, here).to_json() + '\n')
     return path

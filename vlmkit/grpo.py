@@ -368,6 +368,7 @@ class GRPOTrainer(Trainer):
         if len(rolls) != len(records) * G: raise RuntimeError(f"the rollout gave {len(rolls)} completions for {len(records)} prompts x {G}")
         columns = {k: [records[r.prompt_index]['columns'].get(k) for r in rolls] for k in dict.fromkeys(k for rec in records for k in rec['columns'])}
         columns.setdefault('syntax', [self.family.name] * len(rolls))
+        columns.setdefault('resized_size', [r.rendered.resized_sizes[0] if r.rendered.resized_sizes else None for r in rolls])  # the prompt image as the model saw it (Qwen's box space)
         totals, parts = score(self.reward_funcs, [_text_of(records[r.prompt_index]['prompt']) for r in rolls], [r.text for r in rolls], columns)
         adv, stats = group_advantages(totals, G, self.scale_rewards)
         self.note_rollouts(rolls, parts, stats)
