@@ -91,3 +91,13 @@ def test_cli_grpo_runs_the_real_rollout_for_every_family(family, tmp_path):
     logs = [h for h in json.loads((tmp_path/'out'/'trainer_state.json').read_text())['log_history'] if 'reward' in h]
     assert len(logs) == 2 and all('rewards/iou_reward' in h and 'rewards/format_reward' in h for h in logs), logs
     assert (tmp_path/'out'/'adapter_model.safetensors').is_file()
+
+
+def test_example_grpo_configs_read():
+    "Every examples/grpo/*.yaml is a valid GRPOConfig, one per family."
+    from vlmkit.cli import read_config
+    files = sorted((Path(__file__).resolve().parents[1]/'examples'/'grpo').glob('*.yaml'))
+    assert [f.stem for f in files] == sorted(FAMILIES)
+    for f in files:
+        cfg = GRPOConfig(**read_config(f, GRPOConfig))
+        assert cfg.family == f.stem and cfg.group_size == 8
