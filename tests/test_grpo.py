@@ -152,3 +152,25 @@ def test_a_killed_grpo_run_resumed_ends_with_the_same_adapter(tmp_path):
     whole, cut = (load_file(tmp_path/d/'adapter_model.safetensors') for d in ('whole', 'cut'))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     assert _rewards(tmp_path/'cut')[-4:] == _rewards(tmp_path/'whole')[-4:]
+
+def test_vlmkit_train_both_runs_sft_then_grpo_from_its_adapter(tmp_path):
+    "`vlmkit train --stage both`: SFT trains and saves its adapter; GRPO merges it into the base (init_adapter) and trains on."
+    import os, subprocess, yaml
+    from vlmkit.grpo import write_grounding_prompts
+    from vlmkit.sft import synthetic_grounding
+    from vlmkit.data import write_conversations
+    fam = FAMILIES['internvl3_5']
+    _, processor = fam.tiny()
+    write_conversations(synthetic_grounding(fam, processor, 8), tmp_path/'sft'/'train.jsonl', image_dir=tmp_path/'sft'/'images')
+    write_grounding_prompts(fam.name, tmp_path/'prompts', n=4)
+    common = dict(family=fam.name, model='tiny', bf16=False, report_to='none', progress=False, max_steps=2, lora_r=8, lora_alpha=16)
+    (tmp_path/'pipeline.yaml').write_text(yaml.safe_dump(dict(
+        sft=common | dict(train=['sft/train.jsonl'], output_dir='sft-out', batch_tokens=600, lr=1e-3),
+        grpo=common | dict(train=['prompts/train.jsonl'], output_dir='grpo-out', group_size=4, prompts_per_step=2, max_new_tokens=8))))
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, '-m', 'vlmkit', 'train', '--stage', 'both', '--config', 'pipeline.yaml'], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (tmp_path/'sft-out'/'adapter_model.safetensors').is_file() and (tmp_path/'grpo-out'/'adapter_model.safetensors').is_file()
+    assert yaml.safe_load((tmp_path/'grpo-out'/'grpo_config.yaml').read_text())['init_adapter'] == 'sft-out'
