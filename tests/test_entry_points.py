@@ -69,7 +69,7 @@ CASES = {
              (('sft', '--config', 'cfg.yaml', '--lr', 'fast'), "argument --lr: expected float, got 'fast'"),
              (('sft', '--config', 'cfg.yaml', '--train', 'nope.jsonl'), 'train: nope.jsonl: file not found'),
              (('sft', '--config', 'cfg.yaml', '--family', 'qwen'), "family: unknown family 'qwen'"),
-             (('train',), "invalid choice: 'train'")]),
+             (('train',), 'the following arguments are required: --config'), (('serve',), "invalid choice: 'serve'")]),
     'vlmkit-save-frames': dict(
         setup=_clip, ok=(('clip.mp4', 'frames', '-n', '8'), _frames_written),
         bad=[(('missing.mp4', 'frames'), 'missing.mp4: file not found'),

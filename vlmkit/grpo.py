@@ -16,9 +16,10 @@ from .conversation import Conversation, ImageRef, Turn
 from .data import read_conversations
 from .family import Rendered, family_of
 from .images import synthetic_image
-from .lora import PRESETS, base_of, load_adapter
+from .lora import base_of, load_adapter
 from .loss import _accumulate_matmul, hidden_states_instead_of_logits, shift_labels
-from .sft import (ConfigError, load_for_training, opt, prepare_model, resume_point, training_arguments)
+from .sft import (ConfigError, RunConfig, check_run_config, load_for_training, opt, prepare_model, resume_point,
+                         training_arguments)
 
 # %% auto #0
 __all__ = ['SCALES', 'AGGREGATIONS', 'NOT_COLUMNS', 'nanstd', 'group_advantages', 'k3_kl', 'grpo_loss', 'linear_logprobs',
@@ -236,14 +237,15 @@ def score(funcs:list, prompts:list, completions:list[str], columns:dict) -> tupl
 
 # %% ../nbs/56_grpo.ipynb #2acfc1bb
 @dataclass
-class GRPOConfig:
+class GRPOConfig(RunConfig):
     "Everything one GRPO run needs; `vlmkit grpo --config cfg.yaml` reads it from YAML, then flags override fields."
-    model: str = opt('tiny', "checkpoint folder or hub id, or 'tiny' for the family's tiny random model")
-    family: str|None = opt(None, "ovis2_5, internvl3_5 or qwen2_5_vl; read from the checkpoint's config.json when left out")
-    init_adapter: str|None = opt(None, "an SFT output folder: its adapter is merged into the base, which is then GRPO's start and KL reference")
     train: list = opt([], "prompt files (any format vlmkit.data reads); reward columns (solution, image_size, ...) in each record's meta")
-    image_root: str|None = opt(None, "relative image paths resolve against it, else against each data file's folder")
     output_dir: str = opt('grpo-out', "checkpoints, logs and the trained adapter; a run there resumes from its last checkpoint")
+    lr: float = opt(1e-5, "peak learning rate")
+    lr_scheduler: str = opt('constant', "transformers' scheduler name (linear, cosine, constant, ...)")
+    logging_steps: int = opt(1, "log every this many steps")
+    save_steps: int = opt(100, "save a checkpoint every this many steps")
+    init_adapter: str|None = opt(None, "an SFT output folder: its adapter is merged into the base, which is then GRPO's start and KL reference")
     rewards: dict = opt({'format_reward': 0.5, 'iou_reward': 1.0}, "reward functions and weights: a vlmkit.rewards name or module:function, e.g. iou_reward=1 format_reward=0.5")
     group_size: int = opt(8, "completions per prompt (G)")
     prompts_per_step: int = opt(4, "prompts per micro-batch on each process; the micro-batch trains their G rollouts as one packed row")
@@ -254,58 +256,24 @@ class GRPOConfig:
     top_k: int|None = opt(None, "top-k sampling")
     epsilon: float = opt(0.2, "lower clip: the ratio is clipped at 1 - epsilon")
     epsilon_high: float|None = opt(None, "upper clip at 1 + epsilon_high (DAPO's clip-higher, e.g. 0.28); epsilon when left out")
-    beta: float = opt(0.0, "weight of the k3 KL to the reference (the adapter-disabled base); 0: no reference forward")
+    beta: float = opt(0.0, "weight of the k3 KL to the reference (the adapter-disabled base; needs LoRA); 0: no reference forward")
     scale_rewards: str = opt('group', "advantages divided by the std of the group, the batch, or none")
     loss_type: str = opt('dapo', "token aggregation: grpo (per sequence), bnpo, dapo (per token), dr_grpo (constant)")
-    lora: bool = opt(True, "train LoRA adapters (--no-lora trains every parameter; then beta must be 0)")
-    lora_preset: str = opt('llm', f"what LoRA adapts: {', '.join(PRESETS)}")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha")
-    lora_dropout: float = opt(0.0, "LoRA dropout")
-    lr: float = opt(1e-5, "peak learning rate")
-    epochs: float = opt(1.0, "epochs over the prompts")
-    max_steps: int = opt(-1, "optimizer steps; > 0 overrides epochs")
-    grad_accum: int = opt(1, "micro-batches accumulated into one optimizer step on each process")
-    packing: bool = opt(True, "packed rows on varlen attention")
-    bf16: bool = opt(True, "bf16 mixed precision")
-    checkpointing: bool = opt(False, "activation checkpointing of every layer")
-    compile: str|None = opt(None, "torch.compile backend for the parts of every block; none: eager")
-    lr_scheduler: str = opt('constant', "transformers' scheduler name (linear, cosine, constant, ...)")
-    warmup: float = opt(0.0, "warmup: a fraction of the steps (< 1) or a number of steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm")
-    logging_steps: int = opt(1, "log every this many steps")
-    save_steps: int = opt(100, "save a checkpoint every this many steps")
-    save_total_limit: int|None = opt(None, "keep at most this many checkpoints")
-    seed: int = opt(0, "seed of the LoRA init, the prompt order and every rollout's sampling")
-    report_to: str = opt('tensorboard', "'tensorboard' (logs in output_dir/runs) or 'none'")
-    progress: bool = opt(True, "progress bar")
-    deepspeed: str|None = opt(None, "a DeepSpeed JSON config")
-    resume: bool = opt(True, "resume from the last complete checkpoint in output_dir")
+
 
 # %% ../nbs/56_grpo.ipynb #4cb0b5ed
 def check_grpo_config(cfg:GRPOConfig) -> GRPOConfig:
-    "`cfg`, checked: family, files, reward names, numbers in range; else a `ConfigError` naming the field."
-    from vlmkit.family import FAMILIES
-    if cfg.family is not None and cfg.family not in FAMILIES: raise ConfigError(f"family: unknown family {cfg.family!r}; known: {', '.join(FAMILIES)}")
-    if cfg.model == 'tiny' and cfg.family is None: raise ConfigError(f"family: model 'tiny' needs a family ({', '.join(FAMILIES)})")
-    if cfg.family is None and not (Path(cfg.model)/'config.json').is_file():
-        raise ConfigError(f"family: {cfg.model} is not a checkpoint folder with a config.json; name its family ({', '.join(FAMILIES)})")
-    if not cfg.train: raise ConfigError("train: no prompt files")
-    for f in cfg.train:
-        if not Path(f).is_file(): raise ConfigError(f"train: {f}: file not found")
+    "`cfg`, checked: the shared settings (`vlmkit.sft.check_run_config`), the SFT adapter, reward names, GRPO's numbers; else a `ConfigError` naming the field."
+    check_run_config(cfg)
     if cfg.init_adapter is not None and not (Path(cfg.init_adapter)/'adapter_config.json').is_file():
         raise ConfigError(f"init_adapter: {cfg.init_adapter} holds no adapter_config.json")
-    if cfg.lora and cfg.lora_preset not in PRESETS: raise ConfigError(f"lora_preset: {cfg.lora_preset!r} is not one of {', '.join(PRESETS)}")
     if cfg.scale_rewards not in SCALES: raise ConfigError(f"scale_rewards: {cfg.scale_rewards!r} is not one of {', '.join(SCALES)}")
     if cfg.loss_type not in AGGREGATIONS: raise ConfigError(f"loss_type: {cfg.loss_type!r} is not one of {', '.join(AGGREGATIONS)}")
     if cfg.beta and not cfg.lora: raise ConfigError(f"beta: {cfg.beta} needs a reference model; with --no-lora there is none (the reference is the adapter-disabled base)")
     if cfg.group_size < 2: raise ConfigError(f"group_size: {cfg.group_size}: a group of one has no advantage; use 2 or more")
-    for name in ('prompts_per_step', 'max_new_tokens', 'grad_accum', 'lora_r', 'logging_steps', 'save_steps'):
+    for name in ('prompts_per_step', 'max_new_tokens'):
         if getattr(cfg, name) < 1: raise ConfigError(f"{name}: must be 1 or more, got {getattr(cfg, name)}")
     if cfg.temperature <= 0: raise ConfigError(f"temperature: must be more than 0, got {cfg.temperature}")
-    if cfg.report_to not in ('tensorboard', 'none'): raise ConfigError(f"report_to: {cfg.report_to!r} is not 'tensorboard' or 'none'")
-    if cfg.lr <= 0: raise ConfigError(f"lr: must be more than 0, got {cfg.lr}")
     reward_functions(cfg.rewards)
     return cfg
 

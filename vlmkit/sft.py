@@ -25,9 +25,9 @@ from .packing import pack_by_budget
 # %% auto #0
 __all__ = ['logger', 'SKIPPED', 'RUN_ONLY', 'synthetic_grounding', 'Skipped', 'skipped', 'skipped_record', 'ConversationDataset',
            'measure', 'plan_packs', 'fill', 'PackedRows', 'untrained', 'RowCollator', 'trained_tokens', 'token_losses',
-           'token_weighted_loss', 'SFTTrainer', 'opt', 'SFTConfig', 'ConfigError', 'check_config', 'load_for_training',
-           'prepare_model', 'report_to', 'training_arguments', 'last_checkpoint', 'rows_of', 'read_data',
-           'resume_point', 'sft']
+           'token_weighted_loss', 'SFTTrainer', 'opt', 'RunConfig', 'SFTConfig', 'ConfigError', 'check_run_config',
+           'check_config', 'load_for_training', 'prepare_model', 'report_to', 'training_arguments', 'last_checkpoint',
+           'rows_of', 'read_data', 'resume_point', 'sft']
 
 # %% ../nbs/53_sft.ipynb #863afad1
 logger = logging.getLogger(__name__)
@@ -240,13 +240,11 @@ def opt(default, help:str):
     return field(default=default, metadata={'help': help})
 
 @dataclass
-class SFTConfig:
-    "Everything one SFT run needs; `vlmkit sft --config cfg.yaml` reads it from YAML, then flags override fields."
+class RunConfig:
+    "The settings every training run has (`SFTConfig`, `vlmkit.grpo.GRPOConfig`): model, data, LoRA, precision, optimisation, checkpoints, logs."
     model: str = opt('tiny', "checkpoint folder or hub id, or 'tiny' for the family's tiny random model")
     family: str|None = opt(None, "ovis2_5, internvl3_5 or qwen2_5_vl; read from the checkpoint's config.json when left out")
     train: list = opt([], "training data files (any format vlmkit.data reads: vlmkit JSONL, LLaVA, Ovis QnA, registries)")
-    eval: list = opt([], "eval data files, for the eval loss")
-    eval_split: float = opt(0.0, "without eval files, hold out this fraction of the training conversations (no image in both)")
     image_root: str|None = opt(None, "relative image paths resolve against it, else against each data file's folder")
     output_dir: str = opt('sft-out', "checkpoints, logs and the trained adapter; a run there resumes from its last checkpoint")
     lora: bool = opt(True, "train LoRA adapters (--no-lora trains every parameter)")
@@ -255,15 +253,12 @@ class SFTConfig:
     lora_alpha: int = opt(32, "LoRA alpha")
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lr: float = opt(1e-4, "peak learning rate")
-    epochs: float = opt(1.0, "epochs over the training rows")
+    epochs: float = opt(1.0, "epochs over the training data")
     max_steps: int = opt(-1, "optimizer steps; > 0 overrides epochs")
-    batch_tokens: int = opt(8192, "token budget of one row (per device, per micro-batch)")
-    truncate_long: bool = opt(False, "cut a sample longer than batch_tokens to it (never inside an image); else it is skipped")
-    grad_accum: int = opt(1, "rows accumulated into one optimizer step on each process")
+    grad_accum: int = opt(1, "micro-batches (rows) accumulated into one optimizer step on each process")
     packing: bool = opt(True, "packed rows on varlen attention (--no-packing: the same rows as right-padded batches)")
     bf16: bool = opt(True, "bf16 mixed precision")
     checkpointing: bool = opt(False, "activation checkpointing of every layer (LLM and vision tower)")
-    offload_activations: bool = opt(False, "keep what the forward saves for the backward (checkpointed layer inputs, ...) in host memory: a lower peak for a slower step")
     compile: str|None = opt(None, "torch.compile backend for the parts of every block (vlmkit.compiling.compile_blocks), e.g. inductor: fused elementwise work on a GPU; none: eager")
     lr_scheduler: str = opt('linear', "transformers' scheduler name (linear, cosine, constant, ...)")
     warmup: float = opt(0.0, "warmup: a fraction of the steps (< 1) or a number of steps")
@@ -272,13 +267,23 @@ class SFTConfig:
     logging_steps: int = opt(10, "log every this many steps")
     save_steps: int = opt(500, "save a checkpoint every this many steps")
     save_total_limit: int|None = opt(None, "keep at most this many checkpoints")
-    eval_steps: int = opt(500, "eval loss every this many steps (with eval data)")
-    seed: int = opt(0, "seed of the model's init, the LoRA init, the rows and their order")
-    num_workers: int = opt(0, "DataLoader workers rendering samples")
+    seed: int = opt(0, "seed of the model's init, the LoRA init, the data order (and a GRPO run's sampling)")
     report_to: str = opt('tensorboard', "'tensorboard' (logs in output_dir/runs) or 'none'")
     progress: bool = opt(True, "progress bars")
     deepspeed: str|None = opt(None, "a DeepSpeed JSON config (examples/accelerate/ds_zero2.json, ds_zero3.json)")
     resume: bool = opt(True, "resume from the last complete checkpoint in output_dir")
+
+@dataclass
+class SFTConfig(RunConfig):
+    "Everything one SFT run needs; `vlmkit sft --config cfg.yaml` reads it from YAML, then flags override fields."
+    eval: list = opt([], "eval data files, for the eval loss")
+    eval_split: float = opt(0.0, "without eval files, hold out this fraction of the training conversations (no image in both)")
+    eval_steps: int = opt(500, "eval loss every this many steps (with eval data)")
+    batch_tokens: int = opt(8192, "token budget of one row (per device, per micro-batch)")
+    truncate_long: bool = opt(False, "cut a sample longer than batch_tokens to it (never inside an image); else it is skipped")
+    offload_activations: bool = opt(False, "keep what the forward saves for the backward (checkpointed layer inputs, ...) in host memory: a lower peak for a slower step")
+    num_workers: int = opt(0, "DataLoader workers rendering samples")
+
 
 # %% ../nbs/53_sft.ipynb #b48d036c
 class ConfigError(ValueError):
@@ -287,8 +292,8 @@ class ConfigError(ValueError):
 def _check_file(path, what:str):
     if not Path(path).is_file(): raise ConfigError(f"{what}: {path}: file not found")
 
-def check_config(cfg:SFTConfig) -> SFTConfig:
-    "`cfg`, checked: known family and preset, existing data files, numbers in range; else a `ConfigError` naming the field."
+def check_run_config(cfg:RunConfig) -> RunConfig:
+    "`cfg`'s shared settings, checked: known family and preset, existing files, numbers in range; else a `ConfigError` naming the field."
     from vlmkit.family import FAMILIES
     if cfg.family is not None and cfg.family not in FAMILIES: raise ConfigError(f"family: unknown family {cfg.family!r}; known: {', '.join(FAMILIES)}")
     if cfg.model == 'tiny' and cfg.family is None: raise ConfigError(f"family: model 'tiny' needs a family ({', '.join(FAMILIES)})")
@@ -296,12 +301,10 @@ def check_config(cfg:SFTConfig) -> SFTConfig:
         raise ConfigError(f"family: {cfg.model} is not a checkpoint folder with a config.json; name its family ({', '.join(FAMILIES)})")
     if not cfg.train: raise ConfigError("train: no training data files")
     for f in cfg.train: _check_file(f, 'train')
-    for f in cfg.eval: _check_file(f, 'eval')
     if cfg.deepspeed is not None: _check_file(cfg.deepspeed, 'deepspeed')
     if cfg.lora and cfg.lora_preset not in PRESETS: raise ConfigError(f"lora_preset: {cfg.lora_preset!r} is not one of {', '.join(PRESETS)}")
     if cfg.report_to not in ('tensorboard', 'none'): raise ConfigError(f"report_to: {cfg.report_to!r} is not 'tensorboard' or 'none'")
-    if not 0 <= cfg.eval_split < 1: raise ConfigError(f"eval_split: {cfg.eval_split} is not in [0, 1)")
-    for name in ('batch_tokens', 'grad_accum', 'lora_r', 'logging_steps', 'save_steps', 'eval_steps'):
+    for name in ('grad_accum', 'lora_r', 'logging_steps', 'save_steps'):
         if getattr(cfg, name) < 1: raise ConfigError(f"{name}: must be 1 or more, got {getattr(cfg, name)}")
     if cfg.compile is not None and cfg.compile not in torch.compiler.list_backends(exclude_tags=()):
         raise ConfigError(f"compile: {cfg.compile!r} is not a torch.compile backend; known: {', '.join(torch.compiler.list_backends())}")
@@ -309,6 +312,16 @@ def check_config(cfg:SFTConfig) -> SFTConfig:
     if cfg.max_steps <= 0 and cfg.epochs <= 0: raise ConfigError(f"epochs: must be more than 0 (or max_steps set), got {cfg.epochs}")
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir(): raise ConfigError(f"output_dir: {cfg.output_dir} exists and is not a folder")
     return cfg
+
+def check_config(cfg:SFTConfig) -> SFTConfig:
+    "`cfg`, checked: the shared settings (`check_run_config`), eval files and SFT's numbers; else a `ConfigError` naming the field."
+    check_run_config(cfg)
+    for f in cfg.eval: _check_file(f, 'eval')
+    if not 0 <= cfg.eval_split < 1: raise ConfigError(f"eval_split: {cfg.eval_split} is not in [0, 1)")
+    for name in ('batch_tokens', 'eval_steps'):
+        if getattr(cfg, name) < 1: raise ConfigError(f"{name}: must be 1 or more, got {getattr(cfg, name)}")
+    return cfg
+
 
 # %% ../nbs/53_sft.ipynb #d9ac52b5
 def load_for_training(model:str, family=None, dtype:torch.dtype=torch.float32) -> tuple:
