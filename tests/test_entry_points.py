@@ -37,11 +37,22 @@ def _frames_written(d:Path, out:str):
     for f in files:
         with Image.open(f) as im: assert (im.format, im.size) == ('PNG', (448, 448))
 
+TOUR_SHORT = ('--sft-steps', '2', '--grpo-steps', '1', '--refcoco-images', '4')  # the whole chain, short (nbs/80_tour.ipynb runs it full)
+TOUR_OUTPUTS = ['table.md', 'table.json', 'boxes.png', 'rewards.png', 'trajectory.png']
+
 def _tour_written(d:Path, out:str):
+    import json
     last = out.splitlines()[-1]
-    assert last == 'figure written to tour-out/tour.png', out  # relative to where it ran: no machine paths
+    assert last == 'written: ' + ', '.join(f'tour-out/{f}' for f in TOUR_OUTPUTS), out  # relative to where it ran: no machine paths
     assert str(d) not in out
-    with Image.open(d / 'tour-out' / 'tour.png') as im: assert (im.format, im.size) == ('PNG', (1100, 740))
+    table = json.loads((d / 'tour-out' / 'table.json').read_text())
+    assert table['settings']['family'] == 'internvl3_5' and len(table['rewards']) == 1
+    assert table['rows'][-1]['dataset'] == 'macro average'
+    for row in table['rows']: assert row['before']['n'] == row['after']['n'] == row['n'] > 0, row
+    assert '| macro average |' in (d / 'tour-out' / 'table.md').read_text()
+    for f in TOUR_OUTPUTS[2:]:
+        with Image.open(d / 'tour-out' / f) as im: assert im.format == 'PNG' and min(im.size) >= 300, (f, im.size)
+    assert (d / 'tour-out' / 'pipeline.yaml').is_file()
 
 def _notes(d:Path): (d / 'notes.txt').write_text('not a folder')
 
@@ -77,9 +88,11 @@ CASES = {
              (('clip.mp4', 'frames', '-n', '99'), 'asked for 99 frames but the video has only 30'),
              (('clip.mp4',), 'the following arguments are required: out_dir')]),
     'vlmkit-tour': dict(
-        setup=_notes, ok=(('--out', 'tour-out'), _tour_written),
+        setup=_notes, ok=(('--out', 'tour-out', *TOUR_SHORT), _tour_written),
         bad=[(('--out', 'notes.txt'), 'notes.txt: exists and is not a folder'),
              (('--seed', 'x'), "argument --seed: invalid int value: 'x'"),
+             (('--family', 'qwen'), "argument --family: invalid choice: 'qwen'"),
+             (('--sft-steps', '0'), 'argument --sft-steps: must be 1 or more, got 0'),
              (('--bogus',), 'unrecognized arguments: --bogus')]),
 }
 

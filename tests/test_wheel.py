@@ -32,7 +32,9 @@ def test_wheel_installs_into_a_clean_venv_and_runs_the_tour(tmp_path):
         work = tmp_path/'elsewhere'; work.mkdir()
         where = _run([py, '-c', 'import vlmkit, sys; print(vlmkit.__file__)'], cwd=work, env=env)
         assert str(env_dir) in where and str(ROOT) not in where, where
-        out = _run([bindir/'vlmkit-tour', '--out', str(work/'tour')], cwd=work, env=env)
-        assert (work/'tour'/'tour.png').stat().st_size > 10_000, out
-        assert 'Acc@0.5' in out
+        # the whole chain, short (data, SFT, evaluation, R-GRPO, evaluation, outputs): what runs is the installed package
+        out = _run([bindir/'vlmkit-tour', '--out', str(work/'tour'), '--sft-steps', '1', '--grpo-steps', '1', '--refcoco-images', '4'],
+                   cwd=work, env=env)
+        assert (work/'tour'/'boxes.png').stat().st_size > 10_000, out
+        assert 'Acc@0.5' in (work/'tour'/'table.md').read_text() and '| macro average |' in out
     finally: shutil.rmtree(env_dir, ignore_errors=True)  # gigabytes with a CUDA torch; pytest keeps tmp_path
