@@ -53,19 +53,22 @@ class TourSettings:
     group_size: int = 4          # completions per prompt
     prompts_per_step: int = 2
     max_new_tokens: int = 96     # a completion's budget in R-GRPO, and an answer's in evaluation
+    temperature: float = 0.7     # R-GRPO's sampling temperature
+    image_size: tuple = (128, 96)  # of the SFT and R-GRPO images: room for crops of 28 pixels a side or more
     refcoco_images: int = 8      # images of the synthetic RefCOCO/+/g (their refs spread over its 8 evaluation splits)
 
 def tour_data(folder, s:TourSettings) -> dict:
     "The tour's data under `folder`: the SFT set, the R-GRPO prompts (other images), a synthetic RefCOCO; `{'sft', 'prompts', 'refcoco'}` paths."
     from vlmkit.data import write_conversations
-    from vlmkit.grpo import write_grounding_prompts
+    from vlmkit.grpo import grounding_prompts
     from vlmkit.refcoco import make_synthetic_refcoco
     from vlmkit.sft import synthetic_grounding
     folder, fam = Path(folder), FAMILIES[s.family]
     _, processor = fam.tiny()
-    convs = [crop_grounding(c, fam) for c in synthetic_grounding(fam, processor, s.sft_samples, s.seed)]
+    convs = [crop_grounding(c, fam) for c in synthetic_grounding(fam, processor, s.sft_samples, s.seed, s.image_size)]
     return dict(sft=write_conversations(convs, folder/'sft'/'train.jsonl', image_dir=folder/'sft'/'images'),
-                prompts=write_grounding_prompts(fam, folder/'prompts', n=s.grpo_prompts, seed=s.seed + 10_000),
+                prompts=write_conversations(grounding_prompts(fam, processor, s.grpo_prompts, s.seed + 10_000, s.image_size),
+                                                folder/'prompts'/'train.jsonl', image_dir=folder/'prompts'/'images'),
                 refcoco=make_synthetic_refcoco(folder/'refcoco', n_images=s.refcoco_images, seed=s.seed))
 
 # %% ../nbs/80_tour.ipynb #f73c5e75
@@ -80,7 +83,7 @@ def tour_pipeline(out, data:dict, s:TourSettings) -> Path:
                         max_steps=s.sft_steps, lr_scheduler='constant', batch_tokens=1200, logging_steps=10)
     grpo = common | dict(model=str(out/'sft'), init_adapter=None, train=[str(data['prompts'])], output_dir=str(out/'grpo'),
                          lr=s.grpo_lr, max_steps=s.grpo_steps, group_size=s.group_size, prompts_per_step=s.prompts_per_step,
-                         max_new_tokens=s.max_new_tokens, rewards=TOUR_REWARDS, logging_steps=1)
+                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, rewards=TOUR_REWARDS, logging_steps=1)
     path = out/'pipeline.yaml'
     path.write_text(yaml.safe_dump(dict(sft=sft, grpo=grpo), sort_keys=False))
     return path
@@ -166,12 +169,15 @@ def before_after_markdown(rows:list[dict], before:str='SFT', after:str='SFT + R-
                           f"{r['after']['parse_failures']} |\n" for r in rows)
 
 def boxes_figure(before:list[dict], after:list[dict], n:int=4, names=('SFT', 'SFT + R-GRPO')):
-    "The first `n` refs' records drawn at both stages (`vlmkit.grounding_viz.draw_result`): ground truth green, prediction red."
+    "The records of the first ref of each of the first `n` images, drawn at both stages (`vlmkit.grounding_viz.draw_result`): ground truth green, prediction red."
     import matplotlib.pyplot as plt
     from vlmkit.grounding_viz import draw_result
-    fig, axs = plt.subplots(2, n, figsize=(3.3 * n, 7.6), squeeze=False, layout='constrained')
+    first = {}
+    for i, rec in enumerate(before): first.setdefault(rec['image'], i)   # each image's first ref
+    firsts = list(first.values())[:n]
+    fig, axs = plt.subplots(2, len(firsts), figsize=(3.3 * len(firsts), 7.6), squeeze=False, layout='constrained')
     for row, recs in zip(axs, (before, after)):
-        for ax, rec in zip(row, recs[:n]): draw_result(ax, rec)
+        for ax, i in zip(row, firsts): draw_result(ax, recs[i])
     for row, name in zip(axs, names): row[0].text(-0.08, 0.5, name, transform=row[0].transAxes, rotation=90, va='center', ha='right', fontsize=12, weight='bold')
     return fig
 
