@@ -48,14 +48,14 @@ class TourSettings:
     sft_steps: int = 60          # optimizer steps over rows of at most 1200 tokens
     sft_lr: float = 1e-2
     grpo_prompts: int = 16
-    grpo_steps: int = 6
+    grpo_steps: int = 5
     grpo_lr: float = 5e-3
     group_size: int = 4          # completions per prompt
     prompts_per_step: int = 2
     max_new_tokens: int = 96     # a completion's budget in R-GRPO, and an answer's in evaluation
     temperature: float = 0.7     # R-GRPO's sampling temperature
     image_size: tuple = (128, 96)  # of the SFT and R-GRPO images: room for crops of 28 pixels a side or more
-    refcoco_images: int = 8      # images of the synthetic RefCOCO/+/g (their refs spread over its 8 evaluation splits)
+    refcoco_images: int = 6      # images of the synthetic RefCOCO/+/g (their refs spread over its 8 evaluation splits)
 
 def tour_data(folder, s:TourSettings) -> dict:
     "The tour's data under `folder`: the SFT set, the R-GRPO prompts (other images), a synthetic RefCOCO; `{'sft', 'prompts', 'refcoco'}` paths."
@@ -80,7 +80,7 @@ def tour_pipeline(out, data:dict, s:TourSettings) -> Path:
     out = Path(out)
     common = dict(family=s.family, seed=s.seed, bf16=False, report_to='none', progress=False, save_steps=100_000, resume=False)
     sft = common | dict(model='tiny', train=[str(data['sft'])], output_dir=str(out/'sft'), lora=False, lr=s.sft_lr,
-                        max_steps=s.sft_steps, lr_scheduler='constant', batch_tokens=1200, logging_steps=10)
+                        max_steps=s.sft_steps, lr_scheduler='constant', batch_tokens=1200, logging_steps=min(10, s.sft_steps))
     grpo = common | dict(model=str(out/'sft'), init_adapter=None, train=[str(data['prompts'])], output_dir=str(out/'grpo'),
                          lr=s.grpo_lr, max_steps=s.grpo_steps, group_size=s.group_size, prompts_per_step=s.prompts_per_step,
                          max_new_tokens=s.max_new_tokens, temperature=s.temperature, rewards=TOUR_REWARDS, logging_steps=1)
@@ -94,7 +94,7 @@ def tour_eval(model, family, refs, out, s:TourSettings) -> list[dict]:
     from vlmkit.grounding import evaluate_grounding
     from vlmkit.lora import base_of
     _, processor = FAMILIES[family].tiny()
-    return evaluate_grounding(base_of(model).eval(), processor, refs, out=out, family=family, batch_size=32,
+    return evaluate_grounding(base_of(model).eval(), processor, refs, out=out, family=family, batch_size=64,
                               max_new_tokens=s.max_new_tokens, progress=False, resume=False)
 
 # %% ../nbs/80_tour.ipynb #5decedde
@@ -144,7 +144,8 @@ def trajectory_figure(rollout, title:str='', root=None):
     show_boxes(image.load(root), [c.region for c in crops], [f'crop {k + 1}' for k in range(len(crops))], ax=axs[0], title='prompt image')
     for k, c in enumerate(crops):
         axs[k + 1].imshow(c.load(root)); axs[k + 1].set_title(f'crop {k + 1}, placed after its call'); axs[k + 1].axis('off')
-    lines = [l for para in rollout.text.splitlines() for l in (textwrap.wrap(para, 46) or [''])]
+    shown = ''.join(c if c == '\n' or (c.isascii() and c.isprintable()) else c.encode('unicode_escape').decode() for c in rollout.text)  # sampled bytes may be anything
+    lines = [l for para in shown.splitlines() for l in (textwrap.wrap(para, 46) or [''])]
     axs[-1].axis('off')
     axs[-1].text(0, 1, '\n'.join(lines[:16]), va='top', family='monospace', fontsize=8.5)
     axs[-1].set_title(f'completion: {rollout.tool_calls} call(s), {rollout.tool_errors} failed')
