@@ -45,10 +45,10 @@ class TourSettings:
     family: str = 'internvl3_5'
     seed: int = 0
     sft_samples: int = 32        # the synthetic grounding set
-    sft_steps: int = 60          # optimizer steps over rows of at most 1200 tokens
+    sft_steps: int = 150         # optimizer steps over rows of at most 1200 tokens
     sft_lr: float = 1e-2
     grpo_prompts: int = 16
-    grpo_steps: int = 5
+    grpo_steps: int = 8
     grpo_lr: float = 5e-3
     group_size: int = 4          # completions per prompt
     prompts_per_step: int = 2
