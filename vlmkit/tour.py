@@ -248,11 +248,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='vlmkit-tour', description=(
         "The vlmkit tour on built-in synthetic data (no weights, no network): a tiny model of FAMILY fine-tuned (SFT) on "
         "synthetic grounding data, evaluated on a synthetic RefCOCO, reinforced with R-GRPO and the crop tool, evaluated "
-        "again; writes the before/after table and figures into OUT."))
+        "again; writes the before/after table and figures into OUT."),
+        epilog="example: vlmkit-tour --family qwen2_5_vl --out tour-qwen   (then: vlmkit train --stage both --config tour-qwen/pipeline.yaml reruns its two stages)")
     ap.error = lambda msg: ap.exit(2, f"{ap.prog}: error: {msg}\n")  # one line, without argparse's usage block
     ap.add_argument('--family', default='internvl3_5', choices=list(FAMILIES), help='model family (default internvl3_5)')
     ap.add_argument('--out', default='vlmkit-tour', help='output folder (default ./vlmkit-tour)')
-    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--seed', type=int, default=0, help="seed of the data, the models' initialisation and R-GRPO's sampling (default 0)")
     defaults = TourSettings()
     for name, help in SIZE_FLAGS.items():
         ap.add_argument('--' + name.replace('_', '-'), type=int, default=getattr(defaults, name), help=f"{help} (default {getattr(defaults, name)})")
