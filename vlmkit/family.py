@@ -245,7 +245,7 @@ class Family:
     stop_tokens: tuple               # tokens that end an assistant turn
     render: Callable                 # (conv, processor, training=False, **kw) -> Rendered
     collate: Callable                # (list of Rendered, pack=True) -> model kwargs
-    load: Callable                   # (path, dtype=torch.bfloat16, device=None) -> (model, processor)
+    load: Callable                   # (path, dtype=torch.bfloat16, device=None, **from_pretrained kwargs) -> (model, processor)
     tiny: Callable                   # (seed=0) -> (tiny random model, processor)
     enable_packing: Callable         # model -> the same model, ready for `collate(..., pack=True)` rows
     grounding_prompt: Callable       # expression -> the user text asking for its box, in the words the family was taught
