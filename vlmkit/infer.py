@@ -13,7 +13,7 @@ from .data import read_conversations
 from .family import family_of
 
 # %% auto #0
-__all__ = ['record_id', 'prompt_of', 'read_prompts', 'done_records', 'result_record', 'infer_batch', 'infer',
+__all__ = ['record_id', 'inference_prompt', 'read_inference_data', 'done_records', 'result_record', 'infer_batch', 'infer',
            'load_for_inference']
 
 # %% ../nbs/72_infer.ipynb #1c67de35
@@ -22,18 +22,18 @@ def record_id(conv:Conversation):
     m = conv.meta
     return m['id'] if 'id' in m else m.get('fields', {}).get('id', m.get('line'))
 
-def prompt_of(conv:Conversation) -> Conversation:
+def inference_prompt(conv:Conversation) -> Conversation:
     "`conv` as a prompt: a last assistant turn (a reference answer in training data) is dropped."
     if len(conv.turns) > 1 and conv.turns[-1].role == 'assistant': return replace(conv, turns=conv.turns[:-1])
     return conv
 
-def read_prompts(path, image_root=None) -> list[tuple]:
+def read_inference_data(path, image_root=None) -> list[tuple]:
     """`(id, prompt, None)` for each record of data file `path` (the formats `read_conversations` reads) and
     `(line, None, 'file:line: why')` for each record it could not read, in file order; duplicate ids are an error."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: data file not found")
     convs, report = read_conversations(path, image_root, require_answer=False, check_images=False)
-    items = [(c.meta.get('line') or 0, record_id(c), prompt_of(c), None) for c in convs]
+    items = [(c.meta.get('line') or 0, record_id(c), inference_prompt(c), None) for c in convs]
     for p in report:
         if p.line is None: raise ValueError(str(p))
         items.append((p.line, p.line, None, str(p)))
@@ -73,7 +73,7 @@ def _replies(model, processor, prompts:list, chat_kwargs:dict) -> list:
     return [r for p in prompts for r in _replies(model, processor, [p], chat_kwargs)]
 
 def infer_batch(model, processor, items:list, chat_kwargs:dict) -> list[dict]:
-    "The result records of `items` (`read_prompts` triples): the readable prompts answered together, the rest with their errors."
+    "The result records of `items` (`read_inference_data` triples): the readable prompts answered together, the rest with their errors."
     ready = [(i, p) for i, p, err in items if err is None]
     got = dict(zip([i for i, _ in ready], _replies(model, processor, [p for _, p in ready], chat_kwargs))) if ready else {}
     out = []
@@ -87,7 +87,7 @@ def infer(model, processor, data, out, batch_size:int=8, progress:bool=True, ima
     prompts decoded together, one JSON line per record appended to `out` in data order and flushed per batch. A rerun
     skips ids already in `out` (a half-written last line is redone), so a killed run resumes to the same file. A record
     that cannot be read or answered is written with its error (and told on stderr); the run goes on."""
-    items, out = read_prompts(data, image_root), Path(out)
+    items, out = read_inference_data(data, image_root), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = done_records(out)
     todo = [t for t in items if t[0] not in done]
