@@ -198,7 +198,7 @@ def main():
     ap.add_argument('--parts', default='reference,rollout,step', help='comma-separated: reference, rollout, step')
     ap.add_argument('--families', default=','.join(FAMILY_LABELS), help=f"comma-separated, from {', '.join(FAMILY_LABELS)}")
     ap.add_argument('--caches', help="the engine's KV caches compared, the first the greedy reference (default dynamic,compiled; --tiny: dynamic,static)")
-    ap.add_argument('--prompts', type=int, default=4, help='prompts per batch (default 4)')
+    ap.add_argument('--prompts', type=int, help='prompts per batch (default 4; --tiny: 2)')
     ap.add_argument('--group', type=int, help='completions per prompt, G (default 8; --tiny: 2)')
     ap.add_argument('--new-tokens', type=int, help='new tokens a completion (default 256; --tiny: 48)')
     ap.add_argument('--prompt-len', type=int, help='reference LLM prompt tokens (default 1024; --tiny: 16)')
@@ -206,7 +206,7 @@ def main():
     ap.add_argument('--image-size', type=int, nargs=2, help='synthetic image width height (default 640 480; --tiny: 192 144)')
     ap.add_argument('--json', help='write the results here (after each part)')
     args = ap.parse_args()
-    for k, full, tiny in [('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),
+    for k, full, tiny in [('prompts', 4, 2), ('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),
                           ('image_size', [640, 480], [192, 144]), ('caches', 'dynamic,compiled', 'dynamic,static')]:
         if getattr(args, k) is None: setattr(args, k, tiny if args.tiny else full)
     args.caches = args.caches.split(',')
