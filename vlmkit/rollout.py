@@ -233,10 +233,11 @@ def scripted_family(family, scripts) -> Family:
     return replace(fam, hooks=GenerationHooks(prefill=prefill, decoder=lambda model: ScriptedDecoder(fam.hooks.decoder(model), state)))
 
 # %% ../nbs/55_rollout.ipynb #8f7fb72f
-def tool_trajectory(prompt:Conversation, texts:list[str], tools:Tools|None=None, root=None) -> Conversation:
-    "`prompt` answered by the assistant's `texts` in turn, each call among them run by `tools` and its result placed after it: a trajectory to script."
+def tool_trajectory(prompt:Conversation, texts:list[str], tools:Tools|None=None, root=None, resized_sizes=()) -> Conversation:
+    """`prompt` answered by the assistant's `texts` in turn, each call among them run by `tools` and its result placed after it: a
+    trajectory to script. `resized_sizes`: each image as the model sees it, for tools that read boxes in that space (Qwen2.5-VL's)."""
     tools, conv = tools if tools is not None else default_tools(), prompt
     for text in texts:
         conv, _ = with_generated(conv, text, tools)
-        conv = answer_pending(conv, tools, root)
+        conv = answer_pending(conv, tools, root, resized_sizes)
     return conv
