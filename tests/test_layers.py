@@ -22,7 +22,7 @@ LAYERS = {
     'vlmkit.data': 40, 'vlmkit.tools': 40, 'vlmkit.collation': 40,  # data
     'vlmkit.sft': 50, 'vlmkit.rewards': 50, 'vlmkit.rollout': 50, 'vlmkit.grpo': 50, 'vlmkit.cli': 70, 'vlmkit.__main__': 70,  # training; apps (`python -m vlmkit` is the CLI)
     'vlmkit.refcoco': 60, 'vlmkit.grounding': 60, 'vlmkit.grounding_viz': 60,  # evaluation
-    'vlmkit.chat': 70, 'vlmkit.infer': 70,  # apps
+    'vlmkit.chat': 70, 'vlmkit.infer': 70, 'vlmkit.demo': 70,  # apps
     # the other apps (70s) get their rows when their modules arrive
     'vlmkit.tour': 80,
 }

@@ -10,10 +10,10 @@ from .grpo import GRPOConfig, check_grpo_config
 from .sft import ConfigError, SFTConfig, check_config
 
 # %% auto #0
-__all__ = ['TRAINER_NAMES', 'CHAT_EXAMPLE', 'INFER_EXAMPLE', 'TILE_EXAMPLE', 'FRAMES_EXAMPLE', 'APPS', 'EVAL_REFCOCO_EXAMPLE',
-           'GRPO_EXAMPLE', 'TRAIN_EXAMPLE', 'convert', 'read_config', 'config_fields', 'chat_main', 'infer_main',
-           'tile_main', 'frames_main', 'eval_refcoco_main', 'save_figures', 'parser', 'grpo_config', 'pipeline_configs',
-           'sft_config', 'vlmkit_main']
+__all__ = ['TRAINER_NAMES', 'CHAT_EXAMPLE', 'INFER_EXAMPLE', 'TILE_EXAMPLE', 'FRAMES_EXAMPLE', 'DEMO_EXAMPLE', 'APPS',
+           'EVAL_REFCOCO_EXAMPLE', 'GRPO_EXAMPLE', 'TRAIN_EXAMPLE', 'convert', 'read_config', 'config_fields',
+           'chat_main', 'infer_main', 'tile_main', 'frames_main', 'demo_main', 'eval_refcoco_main', 'save_figures',
+           'parser', 'grpo_config', 'pipeline_configs', 'sft_config', 'vlmkit_main']
 
 # %% ../nbs/70_cli.ipynb #7190a267
 def _field_type(f:dataclasses.Field):
@@ -101,6 +101,10 @@ TILE_EXAMPLE = """example:
 FRAMES_EXAMPLE = """example:
   vlmkit frames clip.mp4 frames/ -n 8 --size 448"""
 
+DEMO_EXAMPLE = """example:
+  vlmkit demo                                         # a tiny random Qwen2.5-VL on http://127.0.0.1:7860
+  vlmkit demo --model checkpoints/Ovis2.5-9B --port 8000 --max-new-tokens 1024"""
+
 def _add_model_flags(p):
     p.add_argument('--model', required=True, metavar='PATH', help="checkpoint folder (its family found from config.json), or tiny:FAMILY for a tiny random model")
     p.add_argument('--device', metavar='DEVICE', help="torch device (default: cuda when available, else cpu)")
@@ -112,7 +116,7 @@ def _add_model_flags(p):
     p.add_argument('--tools', choices=('crop',), help="run the crop tool on the model's calls")
 
 def _add_apps(sub):
-    "`vlmkit chat`, `infer`, `tile` and `frames`: their flags, each explained, and an example."
+    "`vlmkit chat`, `infer`, `tile`, `frames` and `demo`: their flags, each explained, and an example."
     raw = argparse.RawDescriptionHelpFormatter
     c = _one_line_errors(sub.add_parser('chat', help='one question to a model (vlmkit.chat)', formatter_class=raw, epilog=CHAT_EXAMPLE,
         description="Ask a model one question about images or a video; print its thinking and answer, and the boxes it gives in image pixels."))
@@ -143,6 +147,16 @@ def _add_apps(sub):
     f.add_argument('video'); f.add_argument('out_dir')
     f.add_argument('-n', '--num-segments', type=int, default=8, help="frames to sample (default: 8)")
     f.add_argument('--size', type=int, default=448, help="square side in pixels; 0 keeps the decoded size (default: 448)")
+    d = _one_line_errors(sub.add_parser('demo', help='the web demo in a browser (vlmkit.demo)', formatter_class=raw, epilog=DEMO_EXAMPLE,
+        description="Serve a page where you upload an image or a video, ask, and see the thinking, the answer, its boxes drawn "
+                    "and crop-tool trajectories with the crops inline."))
+    d.add_argument('--model', default='tiny:qwen2_5_vl', metavar='PATH', help="checkpoint folder, or tiny:FAMILY for a tiny random model (default: tiny:qwen2_5_vl)")
+    d.add_argument('--device', metavar='DEVICE', help="torch device (default: cuda when available, else cpu)")
+    d.add_argument('--device-map', metavar='MAP', help="split the model over the GPUs present with accelerate, e.g. auto")
+    d.add_argument('--quantize', choices=('8bit', '4bit'), help="load in 8 or 4 bits through bitsandbytes")
+    d.add_argument('--max-new-tokens', type=int, default=256, metavar='N', help="the page's default longest reply (default: 256)")
+    d.add_argument('--host', default='127.0.0.1', help="address to listen on (default: 127.0.0.1, this machine only)")
+    d.add_argument('--port', type=int, default=7860, help="port (default: 7860; 0 picks a free one)")
 
 # %% ../nbs/70_cli.ipynb #e8c8137c
 def _error(e) -> int:
@@ -211,7 +225,21 @@ def frames_main(args) -> int:
     print(f"saved {len(paths)} frames to {args.out_dir}")
     return 0
 
-APPS = {'chat': chat_main, 'infer': infer_main, 'tile': tile_main, 'frames': frames_main}
+def demo_main(args) -> int:
+    "Run `vlmkit demo`: load the model, print the page's address, serve until interrupted."
+    from vlmkit.demo import DemoApp, serve
+    from vlmkit.infer import load_for_inference
+    try:
+        fam, model, processor = load_for_inference(args.model, args.device, device_map=args.device_map, quantize=args.quantize)
+        srv = serve(DemoApp(model, processor, fam, args.max_new_tokens, name=args.model), args.host, args.port)
+    except (FileNotFoundError, ValueError, ImportError, OSError) as e: return _error(e)
+    print(f"vlmkit demo of {args.model} ({fam.name}): http://{args.host}:{srv.server_address[1]}/  (Ctrl-C stops it)", flush=True)
+    try: srv.serve_forever()
+    except KeyboardInterrupt: pass
+    finally: srv.server_close()
+    return 0
+
+APPS = {'chat': chat_main, 'infer': infer_main, 'tile': tile_main, 'frames': frames_main, 'demo': demo_main}
 
 # %% ../nbs/70_cli.ipynb #e01d6245
 def _one_line_errors(ap:argparse.ArgumentParser):
