@@ -87,7 +87,7 @@ class FamilyTeacher(Teacher):
                 out.append(rec['text'] if rec['error'] is None else TeacherError(f"prompt {prompts[rec['id']].key!r}: {rec['error']}"))
         return out
 
-# %% ../nbs/73_teachers.ipynb #59fb1da7
+# %% ../nbs/73_teachers.ipynb #039e6d9a
 def image_data_url(image) -> tuple[str, str]:
     "(`data:` URL, SHA-256 of the bytes) of an image file (bytes as they are) or a PIL image (PNG)."
     if isinstance(image, Image.Image):
@@ -110,7 +110,7 @@ def request_key(model:str, keyed_messages:list, params:dict) -> str:
     doc = json.dumps({'model': model, 'messages': keyed_messages, 'params': params}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(doc.encode()).hexdigest()
 
-# %% ../nbs/73_teachers.ipynb #d39c57b9
+# %% ../nbs/73_teachers.ipynb #110be2dc
 class RequestCache:
     "Answers by request key, one JSON file each under `folder` (written atomically)."
     def __init__(self, folder):
@@ -151,7 +151,7 @@ class RateLimiter:
             self._next = start + 1 / self.rate
         if start > now: time.sleep(start - now)
 
-# %% ../nbs/73_teachers.ipynb #d6d6b336
+# %% ../nbs/73_teachers.ipynb #ac498c73
 _RETRY_STATUS = lambda code: code == 429 or 500 <= code < 600
 
 class OpenAITeacher(Teacher):
@@ -205,7 +205,7 @@ class OpenAITeacher(Teacher):
     def generate(self, prompts):
         with ThreadPoolExecutor(max(1, self.concurrency)) as pool: return list(pool.map(self._one, prompts))
 
-# %% ../nbs/73_teachers.ipynb #d0c642e0
+# %% ../nbs/73_teachers.ipynb #dd366fc2
 TEACHER_SPECS = ('family:PATH', 'tiny:FAMILY', 'openai:URL', 'scripted:FILE')
 
 def teacher_from_spec(spec:str, **kw) -> Teacher:
