@@ -8,7 +8,6 @@ import json, os, re, sys
 from collections import Counter
 from pathlib import Path
 from .data import canonical_image_id
-from .infer import done_records
 from .refcoco import eval_image_ids, load_refcoco, read_refs_pickle, refs_file
 from .teachers import Teacher, TeacherError, TeacherPrompt
 from .tools import RESEARCH_CROP_SYSTEM, ToolError, crop_box, croptool_conversation
@@ -30,6 +29,7 @@ def run_stage(step, records:list, out, batch_size:int=16, name:str='') -> tuple[
     """(records of `out` for `records`' ids, failures of this run): `step(batch) -> (records, failures)` applied to the
     records not yet in `out`, `batch_size` at a time, each batch appended and flushed."""
     out = Path(out)
+    from vlmkit.infer import done_records   # here, not at the top: importing vlmkit.infer loads torch and the families
     out.parent.mkdir(parents=True, exist_ok=True)
     done, failed = done_records(out), []
     todo = [r for r in records if r['id'] not in done]
@@ -49,7 +49,7 @@ def stage_report(name:str, records:list, failed:list=(), items:str='qa') -> dict
     codes = Counter(dr['code'] for r in records for dr in r.get('drops', []) if dr.get('stage') == name)
     rep = {'stage': name, 'images': len(records), items: sum(len(r.get(items, [])) for r in records),
            'drops': dict(sorted(codes.items())), 'failed': [f['id'] for f in failed]}
-    if any('repairs' in r for r in records): rep['repairs'] = dict(sorted(Counter(x['by'] for r in records for x in r['repairs']).items()))
+    if name == 'repair': rep['repairs'] = dict(sorted(Counter(x['by'] for r in records for x in r['repairs']).items()))
     return rep
 
 # %% ../nbs/74_crop_data.ipynb #e14da743
@@ -419,6 +419,7 @@ def read_stage(out, stage:str) -> list[dict]:
     "The records of `stage`'s file in `out` (a `FileNotFoundError` naming the stage to run first)."
     p = Path(out)/_FILES[stage]
     if not p.is_file(): raise FileNotFoundError(f"{p}: run stage {stage} first")
+    from vlmkit.infer import done_records
     return list(done_records(p).values())
 
 def _write_json(path:Path, obj):
