@@ -148,6 +148,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'vlmkit.cli.eval_refcoco_main': ('cli.html#eval_refcoco_main', 'vlmkit/cli.py'),
                             'vlmkit.cli.frames_main': ('cli.html#frames_main', 'vlmkit/cli.py'),
                             'vlmkit.cli.grpo_config': ('cli.html#grpo_config', 'vlmkit/cli.py'),
+                            'vlmkit.cli.identify_main': ('cli.html#identify_main', 'vlmkit/cli.py'),
                             'vlmkit.cli.infer_main': ('cli.html#infer_main', 'vlmkit/cli.py'),
                             'vlmkit.cli.parser': ('cli.html#parser', 'vlmkit/cli.py'),
                             'vlmkit.cli.pipeline_configs': ('cli.html#pipeline_configs', 'vlmkit/cli.py'),
