@@ -5,7 +5,7 @@
 # %% ../nbs/71_chat.ipynb #694d7e7d
 from __future__ import annotations
 import inspect, io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 import torch
