@@ -7,6 +7,7 @@ from __future__ import annotations
 import json, os, re, sys
 from collections import Counter
 from pathlib import Path
+from .boxes import box_iou
 from .data import canonical_image_id
 from .refcoco import eval_image_ids, load_refcoco, read_refs_pickle, refs_file
 from .teachers import Teacher, TeacherError, TeacherPrompt
@@ -53,11 +54,7 @@ def stage_report(name:str, records:list, failed:list=(), items:str='qa') -> dict
     return rep
 
 # %% ../nbs/74_crop_data.ipynb #e14da743
-def _iou(a, b) -> float:
-    "IoU of two xyxy boxes (pycocotools, iscrowd=0)."
-    from pycocotools import mask
-    xywh = lambda b: [b[0], b[1], b[2] - b[0], b[3] - b[1]]
-    return float(mask.iou([xywh(a)], [xywh(b)], [0])[0][0])
+def _iou(a, b) -> float: return float(box_iou(a, b)[0, 0])
 
 def _norm_expr(s:str) -> str: return ' '.join(re.sub(r'[^\w\s]', ' ', s.lower()).split())
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import random, re
 from pathlib import Path
+from .boxes import box_iou
 from .crop_data import _write_json, merge_refcoco, refuse_eval_samples, run_stage
 from .conversation import IMAGE_PLACEHOLDER, Conversation, Text, ToolCall, ToolResult, Turn
 from .refcoco import eval_image_ids
@@ -35,17 +36,12 @@ IDENTIFY_SYSTEM = ("You have access to an Identify tool for verifying people's i
                    "identity will be provided as: <tool_response>Name</tool_response>. Use this capability to provide accurate "
                    "identity-based responses.")
 
-def _box_iou(a, b) -> float:
-    ix, iy = max(0., min(a[2], b[2]) - max(a[0], b[0])), max(0., min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.
-
 def best_person(box, persons:list, min_iou:float=0.5) -> tuple[dict|None, float]:
-    "(the person whose box overlaps `box` best with IoU >= `min_iou`, or None; that IoU)."
-    scored = sorted(((_box_iou(box, p['box']), i) for i, p in enumerate(persons)), reverse=True)
-    if not scored or scored[0][0] < min_iou: return None, scored[0][0] if scored else 0.
-    return persons[scored[0][1]], scored[0][0]
+    "(the person whose box overlaps `box` best with IoU >= `min_iou`, or None; that IoU); `ValueError` for a box that is no xyxy box."
+    if not persons: return None, 0.
+    ious = box_iou(box, [p['box'] for p in persons])[0]
+    best = int(ious.argmax())
+    return (persons[best] if ious[best] >= min_iou else None), float(ious[best])
 
 def identify_tool(identities:dict, min_iou:float=0.5, name:str='Identify') -> Tool:
     "The Identify tool: `Identify [x1, y1, x2, y2]` (pixels) -> the mock name of the person at that box in the conversation's image."
@@ -53,7 +49,8 @@ def identify_tool(identities:dict, min_iou:float=0.5, name:str='Identify') -> To
         from vlmkit.data import canonical_image_id
         image = ctx.image().item
         persons = identities.get(canonical_image_id(image.src), [])
-        p, iou = best_person([float(v) for v in arguments['box']], persons, min_iou)
+        try: p, iou = best_person([float(v) for v in arguments['box']], persons, min_iou)
+        except ValueError as e: raise ToolError(str(e).removeprefix('box_iou: preds[0] = ')) from None
         if p is None: raise ToolError(f"no person at {arguments['box']} (best overlap {iou:.2f}, needs {min_iou})")
         return Text(p['name'])
     params = {'type': 'object', 'properties': {'box': {'type': 'array', 'items': {'type': 'number'}, 'minItems': 4, 'maxItems': 4,
@@ -100,21 +97,24 @@ def fix_identify_sample(sample:dict, persons:list, min_iou:float=0.5) -> tuple[d
     gpt = sample['conversations'][-1]['value']
     calls = list(IDENTIFY_CALL_RE.finditer(gpt))
     if not calls: return None, {'removed': 'no Identify call'}
-    fixed, pieces, pos = {'boxes': 0, 'names': 0}, [], 0
+    fixed, pieces, pos, renames = {'boxes': 0, 'names': 0}, [], 0, []
+    def renamed(text):                          # text after a call uses the name the tool gave, not the one written
+        for old, new in renames: text = text.replace(old, new)
+        return text
     for m in calls:
         try: box = [float(v) for v in m[1].split(',')]
         except ValueError: return None, {'removed': f"the box [{m[1]}] is not 4 numbers"}
-        p, iou = best_person(box, persons, min_iou) if len(box) == 4 else (None, 0.)
+        if len(box) != 4: return None, {'removed': f"the box [{m[1]}] is not 4 numbers"}
+        try: p, iou = best_person(box, persons, min_iou)
+        except ValueError: return None, {'removed': f"the box [{m[1]}] is not an xyxy box (inverted or not finite)"}
         if p is None: return None, {'removed': f"Identify [{m[1]}] is on nobody (best IoU {iou:.2f})"}
-        new = _call(p)
         fixed['boxes'] += [round(v, 2) for v in box] != [round(v, 2) for v in p['box']]
+        pieces.append(renamed(gpt[pos:m.start()]) + _call(p)); pos = m.end()
         if m[2].strip() != p['name']:
             fixed['names'] += 1
-            gpt_rest = gpt[m.end():].replace(m[2].strip(), p['name'])   # the answer uses the name the tool gave
-            gpt = gpt[:m.end()] + gpt_rest
-        pieces.append(gpt[pos:m.start()] + new); pos = m.end()
+            if m[2].strip(): renames.append((m[2].strip(), p['name']))
     convs = [dict(t) for t in sample['conversations']]
-    convs[-1]['value'] = ''.join(pieces) + gpt[pos:]
+    convs[-1]['value'] = ''.join(pieces) + renamed(gpt[pos:])
     return {**sample, 'conversations': convs}, fixed
 
 # %% ../nbs/75_identify_data.ipynb #8d7a49ee
