@@ -6,7 +6,6 @@ the crop and the answer's box drawn."""
 import json, os, threading, urllib.error, urllib.request
 from pathlib import Path
 import pytest
-from chromium import CHROMIUM, Chromium
 
 @pytest.fixture(scope='module')
 def served():
@@ -18,13 +17,6 @@ def served():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield app, f'http://127.0.0.1:{srv.server_address[1]}/'
     srv.shutdown(); srv.server_close()
-
-@pytest.fixture(scope='module')
-def browser():
-    if CHROMIUM is None: pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
-    b = Chromium()
-    yield b
-    b.close()
 
 def test_the_api_streams_json_lines(served):
     app, base = served

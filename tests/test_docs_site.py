@@ -12,7 +12,6 @@ from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit, unquote
 import pytest
-from chromium import CHROMIUM, Chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.docs
@@ -30,13 +29,6 @@ def site():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield out, f'http://127.0.0.1:{srv.server_address[1]}/'
     srv.shutdown()
-
-@pytest.fixture(scope='module')
-def browser():
-    if CHROMIUM is None: pytest.skip('no chromium on PATH (.ci/run installs Debian\'s chromium)')
-    b = Chromium()
-    yield b
-    b.close()
 
 PAGE_FACTS = """(() => ({
   title: document.title,

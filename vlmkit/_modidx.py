@@ -131,6 +131,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'vlmkit.cli._add_eval': ('cli.html#_add_eval', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_field': ('cli.html#_add_field', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_model_flags': ('cli.html#_add_model_flags', 'vlmkit/cli.py'),
+                            'vlmkit.cli._add_refcoco_io': ('cli.html#_add_refcoco_io', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_teacher_flags': ('cli.html#_add_teacher_flags', 'vlmkit/cli.py'),
                             'vlmkit.cli._chat_kwargs': ('cli.html#_chat_kwargs', 'vlmkit/cli.py'),
                             'vlmkit.cli._error': ('cli.html#_error', 'vlmkit/cli.py'),

@@ -268,6 +268,12 @@ def _add_teacher_flags(p):
     p.add_argument('--batch-size', type=int, default=16, metavar='N', help="images per step, written together (default: 16)")
     p.add_argument('--limit', type=int, metavar='N', help="only the first N images (a trial run)")
 
+def _add_refcoco_io(p):
+    "The RefCOCO root, image folder and output folder of a `vlmkit data` step."
+    p.add_argument('--refcoco', required=True, metavar='ROOT', help="folder of refcoco/, refcoco+/, refcocog/ (instances.json + refs(unc|umd).p)")
+    p.add_argument('--images', metavar='DIR', help="folder of the COCO images (default: ROOT/images)")
+    p.add_argument('--out', required=True, metavar='DIR', help="output folder (resumed when it exists)")
+
 def _add_data(sub):
     "`vlmkit data crop-tool` and `vlmkit data report`: their flags, each explained, and an example."
     raw = argparse.RawDescriptionHelpFormatter
@@ -277,9 +283,7 @@ def _add_data(sub):
         description="Run the crop-tool stages (merge, generate, repair, fix, convert, filter) from a RefCOCO/+/g root into OUT: one "
                     "JSONL per stage (a rerun skips the images done), each stage's report, samples.json and the quality report "
                     "(report.json, report.md, report.png). Images of any val/test split are refused and counted."))
-    c.add_argument('--refcoco', required=True, metavar='ROOT', help="folder of refcoco/, refcoco+/, refcocog/ (instances.json + refs(unc|umd).p)")
-    c.add_argument('--images', metavar='DIR', help="folder of the COCO images (default: ROOT/images)")
-    c.add_argument('--out', required=True, metavar='DIR', help="output folder (resumed when it exists)")
+    _add_refcoco_io(c)
     c.add_argument('--stages', metavar='LIST', help="comma-separated stages to run (default: all, in order)")
     c.add_argument('--questions', type=int, default=3, metavar='N', help="questions asked per image (default: 3)")
     c.add_argument('--margin', type=float, default=0.0, metavar='F', help="crop margin, a fraction of the box, inside the image (default: 0)")
@@ -288,9 +292,7 @@ def _add_data(sub):
         description="Give the people of each RefCOCO/+/g image mock names and write single- and multi-person Identify samples to "
                     "OUT/samples.json (OUT/identify.jsonl per image, resumed by a rerun; OUT/report.json counts what was fixed, "
                     "removed and refused). Images of any val/test split are refused and counted."))
-    i.add_argument('--refcoco', required=True, metavar='ROOT', help="folder of refcoco/, refcoco+/, refcocog/ (instances.json + refs(unc|umd).p)")
-    i.add_argument('--images', metavar='DIR', help="folder of the COCO images (default: ROOT/images)")
-    i.add_argument('--out', required=True, metavar='DIR', help="output folder (resumed when it exists)")
+    _add_refcoco_io(i)
     i.add_argument('--people', default='person', metavar='CATEGORY', help="the category whose objects are people (default: person)")
     i.add_argument('--seed', type=int, default=0, help="seed of the mock names (default: 0)")
     i.add_argument('--limit', type=int, metavar='N', help="only the first N images (a trial run)")
