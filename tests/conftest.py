@@ -24,3 +24,12 @@ def tiny(fam):
     "The family's tiny random model in float32 and eval mode, and its processor (a module may define its own `tiny`)."
     model, processor = fam.tiny()
     return model.float().eval(), processor
+
+@pytest.fixture(scope='module')
+def browser():
+    "Headless Chromium (tests/chromium.py) for the tests that look at pages as a reader does; skipped where there is none."
+    from chromium import CHROMIUM, Chromium
+    if CHROMIUM is None: pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
+    b = Chromium()
+    yield b
+    b.close()

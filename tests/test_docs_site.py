@@ -6,7 +6,7 @@ Builds `_docs/` (scripts/build_docs.py, reusing notebooks the notebook tests alr
 is actually shown (decoded, non-zero size) and that no page text leaks what a reader should not see (widget reprs,
 the build machine's paths, raw Markdown fences, progress bars, `NoneType` signatures, `.html.md` links). Search is
 checked on the site opened from files (`file://`), as a reader who opens `_docs/index.html` gets it."""
-import base64, json, os, re, shutil, subprocess, tempfile, threading, time, importlib.util
+import json, os, re, threading, importlib.util
 from functools import partial
 from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
@@ -14,9 +14,6 @@ from urllib.parse import urlsplit, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
-CHROME_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-                '--disable-component-update', '--disable-sync', '--disable-quic', '--remote-debugging-port=0']
 pytestmark = pytest.mark.docs
 
 @pytest.fixture(scope='module')
@@ -32,63 +29,6 @@ def site():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield out, f'http://127.0.0.1:{srv.server_address[1]}/'
     srv.shutdown()
-
-class Chromium:
-    "A minimal DevTools-protocol client: enough to load a page and evaluate JavaScript in it."
-    def __init__(self):
-        import websocket
-        self.profile = tempfile.mkdtemp(prefix='vlmkit-chromium-')
-        self.proc = subprocess.Popen([CHROMIUM, *CHROME_FLAGS, f'--user-data-dir={self.profile}', 'about:blank'],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file, t0 = Path(self.profile)/'DevToolsActivePort', time.time()
-        while not port_file.exists() or not port_file.read_text().strip():
-            if time.time() - t0 > 60: raise RuntimeError('Chromium did not start within 60 s')
-            time.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        import urllib.request
-        targets = json.load(urllib.request.urlopen(f'http://127.0.0.1:{port}/json'))
-        page = next(t for t in targets if t['type'] == 'page')
-        self.ws = websocket.create_connection(page['webSocketDebuggerUrl'], timeout=60, suppress_origin=True)
-        self.n = 0
-        self.call('Page.enable')
-
-    def call(self, method, **params):
-        self.n += 1
-        self.ws.send(json.dumps(dict(id=self.n, method=method, params=params)))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get('id') == self.n:
-                if 'error' in msg: raise RuntimeError(f'{method}: {msg["error"]}')
-                return msg['result']
-
-    def load(self, url, timeout=30):
-        self.call('Page.navigate', url=url)
-        t0 = time.time()
-        while self.eval('document.readyState') != 'complete' or not self.eval(
-                'Array.from(document.images).every(i => i.complete)'):
-            if time.time() - t0 > timeout: raise TimeoutError(url)
-            time.sleep(0.05)
-
-    def eval(self, expr):
-        r = self.call('Runtime.evaluate', expression=expr, returnByValue=True)
-        if 'exceptionDetails' in r: raise RuntimeError(f'{expr}: {r["exceptionDetails"]}')
-        return r['result'].get('value')
-
-    def screenshot(self, path):
-        Path(path).write_bytes(base64.b64decode(self.call('Page.captureScreenshot')['data']))
-
-    def close(self):
-        try: self.ws.close()
-        finally:
-            self.proc.terminate(); self.proc.wait(10)
-            shutil.rmtree(self.profile, ignore_errors=True)
-
-@pytest.fixture(scope='module')
-def browser():
-    if CHROMIUM is None: pytest.skip('no chromium on PATH (.ci/run installs Debian\'s chromium)')
-    b = Chromium()
-    yield b
-    b.close()
 
 PAGE_FACTS = """(() => ({
   title: document.title,

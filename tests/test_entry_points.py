@@ -80,7 +80,11 @@ CASES = {
              (('sft', '--config', 'cfg.yaml', '--lr', 'fast'), "argument --lr: expected float, got 'fast'"),
              (('sft', '--config', 'cfg.yaml', '--train', 'nope.jsonl'), 'train: nope.jsonl: file not found'),
              (('sft', '--config', 'cfg.yaml', '--family', 'qwen'), "family: unknown family 'qwen'"),
-             (('train',), 'the following arguments are required: --config'), (('serve',), "invalid choice: 'serve'")]),
+             (('train',), 'the following arguments are required: --config'), (('serve',), "invalid choice: 'serve'"),
+             (('chat', '--model', 'tiny:qwen2_5_vl', '--image', 'nope.png', '--prompt', 'Hi', '--device', 'cpu'), 'nope.png: image file not found'),
+             (('infer', '--model', 'tiny:qwen2_5_vl', '--data', 'nope.jsonl', '--out', 'r.jsonl', '--device', 'cpu'), 'nope.jsonl: data file not found'),
+             (('tile', 'nope.png'), 'nope.png'), (('frames', 'missing.mp4', 'frames'), 'missing.mp4: file not found'),
+             (('demo', '--model', 'tiny:nope'), "unknown family 'nope'"), (('demo', '--port', 'x'), "argument --port: invalid int value: 'x'")]),
     'vlmkit-save-frames': dict(
         setup=_clip, ok=(('clip.mp4', 'frames', '-n', '8'), _frames_written),
         bad=[(('missing.mp4', 'frames'), 'missing.mp4: file not found'),

@@ -68,6 +68,9 @@ def test_trainer_runs_and_logs_every_metric():
     for k in ('loss', 'reward', 'rewards/<lambda>', 'kl', 'clip_ratio/low', 'clip_ratio/high', 'ratio/mean',
               'completions/mean_length', 'tool_calls', 'frac_reward_zero_std'):
         assert k in logs[-1], k
+    times = {k: v for k, v in logs[-1].items() if k.startswith('time/')}
+    assert set(times) == {'time/generation', 'time/tools', 'time/rewards', 'time/reference', 'time/training'}, times
+    assert all(v >= 0 for v in times.values()) and times['time/generation'] > 0 and times['time/training'] > 0, times
     assert logs[0]['ratio/mean'] == pytest.approx(1.0, abs=1e-4) and logs[0]['kl'] == pytest.approx(0.0, abs=1e-6)
 
 

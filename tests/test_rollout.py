@@ -152,3 +152,9 @@ def test_sampled_bytes_that_are_no_text_stay_as_sampled(fam, tiny):
         packed, padded = fam.collate([r.rendered], pack=True), fam.collate([r.rendered], pack=False)
         packed.pop('labels'); padded.pop('labels')
         assert (model(**packed).logits[0] - model(**padded).logits[0]).abs().max() < 1e-4
+
+def test_static_cache_rollouts_reproduce_the_sft_render(fam, tiny):
+    "The engine's static KV cache (reused between rounds of different sizes) gives the same trajectories, tool rounds included."
+    model, processor = tiny
+    out = _check_reproduces(fam, processor, _synthetic()[:3], group_size=2, model=model, cache='static')
+    assert [r.tool_calls for r in out] == [1, 1, 2, 2, 1, 1] and all(r.tool_seconds > 0 for r in out)

@@ -19,16 +19,17 @@ class Rollout:
     tool_calls: int = 0
     tool_errors: int = 0
     finished: bool = True
+    tool_seconds: float = 0.0
 
 
 def text_rollout(model, processor, prompts, group_size=8, family=None, max_new_tokens=16, max_tool_calls=0, tools=None,
-                 do_sample=True, temperature=1.0, top_p=1.0, top_k=None, generator=None):
+                 do_sample=True, temperature=1.0, top_p=1.0, top_k=None, generator=None, cache='dynamic'):
     fam = family_of(family if family is not None else model)
     tok = getattr(processor, 'tokenizer', processor)
     stops = set(fam.stop_ids(processor))
     convs = [p for p in prompts for _ in range(group_size)]
     ids = fam.generate(base_of(model), processor, convs, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                       top_p=top_p, top_k=top_k, generator=generator)
+                       top_p=top_p, top_k=top_k, generator=generator, cache=cache)
     out = []
     for i, (conv, row) in enumerate(zip(convs, ids.tolist())):
         cut = next((j for j, t in enumerate(row) if t in stops or t == tok.pad_token_id), len(row))

@@ -245,7 +245,7 @@ class Family:
     stop_tokens: tuple               # tokens that end an assistant turn
     render: Callable                 # (conv, processor, training=False, **kw) -> Rendered
     collate: Callable                # (list of Rendered, pack=True) -> model kwargs
-    load: Callable                   # (path, dtype=torch.bfloat16, device=None) -> (model, processor)
+    load: Callable                   # (path, dtype=torch.bfloat16, device=None, **from_pretrained kwargs) -> (model, processor)
     tiny: Callable                   # (seed=0) -> (tiny random model, processor)
     enable_packing: Callable         # model -> the same model, ready for `collate(..., pack=True)` rows
     grounding_prompt: Callable       # expression -> the user text asking for its box, in the words the family was taught
@@ -259,14 +259,19 @@ class Family:
         tok = getattr(processor, 'tokenizer', processor)
         return tok.convert_tokens_to_ids(list(self.stop_tokens))
 
-    def generate(self, model, processor, conversations, max_new_tokens:int=64, **kwargs):
-        "Generated ids `[B, T]` (or a `Generation`) for prompts rendered from `conversations` (or `Rendered`), all rows decoded together."
-        from vlmkit.generation import generate
+    def decoder(self, model, processor, conversations, max_new_tokens:int=64, **kwargs):
+        "A `BatchDecoder` of prompts rendered from `conversations` (or `Rendered`) with this family's stop ids, hooks and generation arguments: `run()` it, or iterate it to stream."
+        from vlmkit.generation import BatchDecoder
         rendered = [c if isinstance(c, Rendered) else self.render(c, processor) for c in conversations]
         inputs = concat_visual(rendered) | {k: [r.row[k] for r in rendered] for k in rendered[0].row}
         kwargs = dict(eos_token_id=self.stop_ids(processor), pad_token_id=getattr(processor, 'tokenizer', processor).pad_token_id,
                       hooks=self.hooks) | self.generation_kwargs(processor) | kwargs
-        return generate(model, [r.input_ids for r in rendered], max_new_tokens=max_new_tokens, **inputs, **kwargs)
+        return BatchDecoder(model, [r.input_ids for r in rendered], max_new_tokens=max_new_tokens, **inputs, **kwargs)
+
+    def generate(self, model, processor, conversations, max_new_tokens:int=64, streamer=None, return_dict_in_generate:bool=False, **kwargs):
+        "Generated ids `[B, T]` (or a `Generation`) for prompts rendered from `conversations` (or `Rendered`), all rows decoded together."
+        out = self.decoder(model, processor, conversations, max_new_tokens, **kwargs).run(streamer)
+        return out if return_dict_in_generate else out.sequences
 
 # %% ../nbs/09b_family.ipynb #e6639785
 FAMILY_SOURCES = {'ovis2_5': 'vlmkit.ovis.family:OVIS2_5', 'internvl3_5': 'vlmkit.internvl.family:INTERNVL3_5',

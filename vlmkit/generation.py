@@ -4,21 +4,22 @@
 
 # %% ../nbs/09_generation.ipynb #331bd7ad
 from __future__ import annotations
-import inspect
+import inspect, weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 
 # %% auto #0
-__all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'KIND_COLORS', 'RowSchedule', 'per_row', 'stop_sets',
-           'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs', 'text_positions',
-           'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'decode_steps', 'Generation',
-           'collect', 'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
-           'stream_text', 'stream_generate', 'split_thinking']
+__all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'KIND_COLORS', 'RowSchedule', 'per_row',
+           'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs',
+           'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'cache_size',
+           'batch_bucket', 'static_cache', 'compiled_step', 'decode_steps', 'Generation', 'collect',
+           'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
+           'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -194,32 +195,81 @@ def _cache_kwarg(module) -> str:
     params = inspect.signature(type(base).forward).parameters
     return 'cache' if 'cache' in params else 'past_key_values'
 
+CACHES = ('dynamic', 'static', 'compiled')   # the KV caches decode_steps can decode with
+
+def cache_size(n:int, multiple:int=256) -> int:
+    "`n` positions rounded up to a `multiple`: static caches come in few sizes, so compiled steps meet few shapes."
+    return -(-n // multiple) * multiple
+
+def batch_bucket(n:int) -> int:
+    "The power of two at or above `n`: a compiled step's batch sizes (its other rows are finished before they start)."
+    return 1 << max(n - 1, 0).bit_length()
+
+_STATIC_CACHES = weakref.WeakKeyDictionary()   # module -> {(rows, dtype): (size, StaticCache)}; a cache never holds its module
+
+def static_cache(module, rows:int, size:int) -> tuple[StaticCache, int]:
+    """`(cache, its size)`: a transformers `StaticCache` of `rows` rows and at least `size` positions, kept per module and
+    row count (the largest asked for) and reset for reuse, so that a compiled step finds its tensors where it left them."""
+    pool = _STATIC_CACHES.setdefault(module, {})
+    key = (rows, _device(module), next(module.parameters()).dtype)
+    if key in pool and pool[key][0] >= size:
+        pool[key][1].reset()
+        return pool[key][1], pool[key][0]
+    pool[key] = (size, StaticCache(config=module.config.get_text_config(decoder=True), max_cache_len=size))
+    return pool[key][1], size
+
+def compiled_step(module):
+    "`module` through `torch.compile(mode='reduce-overhead')` (CUDA graphs on a GPU), compiled once per module and kept on it."
+    if '_vlmkit_compiled_step' not in module.__dict__:
+        module.__dict__['_vlmkit_compiled_step'] = torch.compile(module, mode='reduce-overhead')
+    return module.__dict__['_vlmkit_compiled_step']
+
+def _padded_batch(rows, schedules, row_inputs, pad_token_id):
+    "The batch grown to `batch_bucket` rows by one-token rows that are finished before they start."
+    extra = batch_bucket(len(rows)) - len(rows)
+    rows = rows + [rows[0].new_full((1,), pad_token_id)] * extra
+    row_inputs = {k: v + [v[0].new_zeros(1)] * extra for k, v in row_inputs.items()}
+    return rows, schedules + [RowSchedule(0) for _ in range(extra)], row_inputs
+
 @torch.no_grad()
 def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pick, inputs:dict|None=None,
-                 row_inputs:dict|None=None, hooks:GenerationHooks|None=None, pad_token_id:int=0):
-    "Decode all rows together with one KV cache; yield `(tokens [B], live [B] bool)` after every step."
-    hooks = hooks or GenerationHooks()
+                 row_inputs:dict|None=None, hooks:GenerationHooks|None=None, pad_token_id:int=0, cache:str='dynamic'):
+    """Decode all rows together with one KV cache; yield `(tokens [B], live [B] bool)` after every step. `cache`: 'dynamic'
+    (grows each step), 'static' (preallocated, reused between calls) or 'compiled' (static, and every step after the prefill
+    runs through `compiled_step`)."""
+    if cache not in CACHES: raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+    hooks, n_rows, row_inputs = hooks or GenerationHooks(), len(rows), dict(row_inputs or {})
+    if cache == 'compiled': rows, schedules, row_inputs = _padded_batch(list(rows), list(schedules), row_inputs, pad_token_id)
     module = hooks.decoder(model)
     device = _device(module)
     ids, mask = left_pad([r.to(device) for r in rows], pad_token_id)
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in (inputs or {}).items()}
-    inputs |= {k: left_pad([r.to(device) for r in v], 0)[0] for k, v in (row_inputs or {}).items()}
+    inputs |= {k: left_pad([r.to(device) for r in v], 0)[0] for k, v in row_inputs.items()}
     first = hooks.prefill(model, ids, mask, inputs)
     if first.get('position_ids') is None: raise ValueError(f"{hooks.prefill.__name__} returned no position_ids")
-    cache = {_cache_kwarg(module): DynamicCache(config=module.config.get_text_config(decoder=True))}
-    out = module(**first, attention_mask=mask, use_cache=True, logits_to_keep=1, **cache)
-    pos = first['position_ids'][..., -1:]
-    history = ids.new_full((len(rows), max(s.max_new_tokens for s in schedules)), pad_token_id)  # what logits processors see
+    n_new = max(s.max_new_tokens for s in schedules)
+    if cache == 'dynamic': kv = DynamicCache(config=module.config.get_text_config(decoder=True))
+    else:
+        kv, size = static_cache(module, len(rows), cache_size(ids.shape[1] + n_new))
+        mask = torch.cat([mask, mask.new_zeros(len(rows), size - ids.shape[1])], 1)  # positions still to come are masked
+    kw = {_cache_kwarg(module): kv}
+    out = module(**first, attention_mask=mask, use_cache=True, logits_to_keep=1, **kw)
+    step_fn = compiled_step(module) if cache == 'compiled' else module
+    pos, end = first['position_ids'][..., -1:], ids.shape[1]
+    history = ids.new_full((len(rows), n_new), pad_token_id)  # what logits processors see
     step = 0
     while not all(s.done for s in schedules):
         proposal = pick(history[:, :step], out.logits[:, -1]).tolist()
         live = [not s.done for s in schedules]
         tokens = torch.tensor([s.push(p) if l else pad_token_id for s, p, l in zip(schedules, proposal, live)], device=device)
         history[:, step], step = tokens, step + 1
-        yield tokens, torch.tensor(live)
+        yield tokens[:n_rows], torch.tensor(live[:n_rows])
         if all(s.done for s in schedules): break
-        mask, pos = torch.cat([mask, mask.new_ones(len(rows), 1)], 1), pos + 1
-        out = module(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **cache)
+        if cache == 'dynamic': mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        else: mask[:, end], end = 1, end + 1
+        pos = pos + 1
+        out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+
 
 # %% ../nbs/09_generation.ipynb #685d97af
 @dataclass
@@ -249,11 +299,12 @@ class BatchDecoder:
     def __init__(self, model, input_ids, attention_mask=None, *, max_new_tokens=None, eos_token_id=None, pad_token_id=None,
                  budget=None, forced_ids=(), thinking=False, think_end_id=None, schedules=None, do_sample:bool=False,
                  temperature:float=1.0, top_k:int|None=50, top_p:float=1.0, logits_processor=None, generator=None,
-                 hooks:GenerationHooks|None=None, **inputs):
+                 hooks:GenerationHooks|None=None, cache:str='dynamic', **inputs):
         if eos_token_id is None: eos_token_id = generation_default(model, 'eos_token_id')
         if pad_token_id is None: pad_token_id = generation_default(model, 'pad_token_id')
         if pad_token_id is None: pad_token_id = (_ids(eos_token_id) or [0])[0]  # transformers' fallback: the (first) eos id
-        self.model, self.hooks, self.pad_token_id = model, hooks or GenerationHooks(), int(pad_token_id)
+        if cache not in CACHES: raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+        self.model, self.hooks, self.pad_token_id, self.cache = model, hooks or GenerationHooks(), int(pad_token_id), cache
         self.rows = prompt_rows(input_ids, attention_mask, self.pad_token_id)
         self.row_inputs, self.inputs = split_inputs(inputs, input_ids, attention_mask, self.pad_token_id)
         if schedules is None:
@@ -264,7 +315,7 @@ class BatchDecoder:
         self.pick = token_picker(do_sample, temperature, top_k, top_p, logits_processor, generator)
 
     def __iter__(self):
-        return decode_steps(self.model, self.rows, self.schedules, self.pick, self.inputs, self.row_inputs, self.hooks, self.pad_token_id)
+        return decode_steps(self.model, self.rows, self.schedules, self.pick, self.inputs, self.row_inputs, self.hooks, self.pad_token_id, self.cache)
 
     def result(self) -> Generation:
         return collect(self.schedules, self.pad_token_id, _device(self.hooks.decoder(self.model)))

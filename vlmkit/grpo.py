@@ -4,7 +4,7 @@
 
 # %% ../nbs/56_grpo.ipynb #e9c3c222
 from __future__ import annotations
-import dataclasses, importlib, logging, math
+import dataclasses, importlib, logging, math, time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from transformers import Trainer
 from .conversation import Conversation, ImageRef, Turn
 from .data import read_conversations
 from .family import Rendered, family_of
+from .generation import CACHES
 from .images import synthetic_image
 from .lora import base_of, load_adapter
 from .loss import _accumulate_matmul, hidden_states_instead_of_logits, shift_labels
@@ -254,6 +255,7 @@ class GRPOConfig(RunConfig):
     temperature: float = opt(1.0, "sampling temperature (the loss's log-probs use it too)")
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int|None = opt(None, "top-k sampling")
+    rollout_cache: str = opt('dynamic', "the decode engine's KV cache: dynamic, static, or compiled (static, steps through torch.compile: CUDA graphs on a GPU)")
     epsilon: float = opt(0.2, "lower clip: the ratio is clipped at 1 - epsilon")
     epsilon_high: float|None = opt(None, "upper clip at 1 + epsilon_high (DAPO's clip-higher, e.g. 0.28); epsilon when left out")
     beta: float = opt(0.0, "weight of the k3 KL to the reference (the adapter-disabled base; needs LoRA); 0: no reference forward")
@@ -273,6 +275,7 @@ def check_grpo_config(cfg:GRPOConfig) -> GRPOConfig:
     if cfg.group_size < 2: raise ConfigError(f"group_size: {cfg.group_size}: a group of one has no advantage; use 2 or more")
     for name in ('prompts_per_step', 'max_new_tokens'):
         if getattr(cfg, name) < 1: raise ConfigError(f"{name}: must be 1 or more, got {getattr(cfg, name)}")
+    if cfg.rollout_cache not in CACHES: raise ConfigError(f"rollout_cache: {cfg.rollout_cache!r} is not one of {', '.join(CACHES)}")
     if cfg.temperature <= 0: raise ConfigError(f"temperature: must be more than 0, got {cfg.temperature}")
     reward_functions(cfg.rewards)
     return cfg
@@ -305,7 +308,7 @@ class GRPOTrainer(Trainer):
         self.epsilon, self.epsilon_high, self.beta, self.scale_rewards, self.loss_type = epsilon, epsilon_high, beta, scale_rewards, loss_type
         self.rollout_fn = rollout_fn
         self.loss_is_scaled_for_ga = False     # each micro-batch's loss is its own mean; Trainer divides by the accumulation
-        self._metrics, self._draw = defaultdict(list), (None, 0)
+        self._metrics, self._draw, self._timing = defaultdict(list), (None, 0), {}
 
     def generator(self, device) -> torch.Generator:
         "The sampling generator of this micro-batch: seeded by `(seed, optimizer step, micro-batch in the step)`."
@@ -329,15 +332,17 @@ class GRPOTrainer(Trainer):
 
     def _prepare_inputs(self, inputs:dict) -> dict:
         "Roll out the micro-batch's prompts, score them, compute the advantages; the packed row and what the loss needs."
-        records = inputs['records']
+        records, start = inputs['records'], time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
         rolls = self._rollout(model, [r['prompt'] for r in records])
+        rolled = time.perf_counter()
         G = self.group_size
         if len(rolls) != len(records) * G: raise RuntimeError(f"the rollout gave {len(rolls)} completions for {len(records)} prompts x {G}")
         columns = {k: [records[r.prompt_index]['columns'].get(k) for r in rolls] for k in dict.fromkeys(k for rec in records for k in rec['columns'])}
         columns.setdefault('syntax', [self.family.name] * len(rolls))
         columns.setdefault('resized_size', [r.rendered.resized_sizes[0] if r.rendered.resized_sizes else None for r in rolls])  # the prompt image as the model saw it (Qwen's box space)
         totals, parts = score(self.reward_funcs, [_text_of(records[r.prompt_index]['prompt']) for r in rolls], [r.text for r in rolls], columns)
+        scored = time.perf_counter()
         adv, stats = group_advantages(totals, G, self.scale_rewards)
         self.note_rollouts(rolls, parts, stats)
         rendered = [r.rendered for r in rolls]
@@ -345,7 +350,18 @@ class GRPOTrainer(Trainer):
         keep = [r.rendered.labels[1:] != -100 for r in rolls]
         old = [r.old_logprobs[1:][k].float() for r, k in zip(rolls, keep)]
         ref = reference_logprobs(model, self.family, rendered, self.rollout_kwargs.get('temperature', 1.0), inputs=row) if self.beta else None
+        tools = sum(r.tool_seconds for r in rolls)
+        self._timing = {'time/generation': rolled - start - tools, 'time/tools': tools, 'time/rewards': scored - rolled,
+                        'time/reference': time.perf_counter() - scored if self.beta else 0.0}
         return {'row': row, 'rendered': rendered, 'old': old, 'ref': ref, 'advantages': adv}
+
+    def training_step(self, model, inputs:dict, num_items_in_batch=None):
+        "The `Trainer`'s step, timed: rollout (decoding and tools), rewards, reference and training seconds for the next log."
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        total, timing = time.perf_counter() - start, self._timing
+        for k, v in (timing | {'time/training': total - sum(timing.values())}).items(): self._metrics[k].append(v)
+        return loss
 
     def compute_loss(self, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
         "`grpo_loss` of the micro-batch's packed row under the current policy."
@@ -401,7 +417,7 @@ def grpo_trainer(cfg:GRPOConfig, model, fam, processor, prompts:list, rollout_fn
                        reward_funcs=cfg.rewards, group_size=cfg.group_size, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                        beta=cfg.beta, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type, rollout_fn=rollout_fn,
                        rollout_kwargs=dict(max_new_tokens=cfg.max_new_tokens, max_tool_calls=cfg.max_tool_calls,
-                                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k))
+                                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, cache=cfg.rollout_cache))
 
 def grpo(cfg:GRPOConfig, rollout_fn=None) -> GRPOTrainer:
     "Train as `cfg` says, resuming from the last complete checkpoint in `cfg.output_dir`; the adapter is saved there."

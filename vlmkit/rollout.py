@@ -4,6 +4,7 @@
 
 # %% ../nbs/55_rollout.ipynb #10df95ba
 from __future__ import annotations
+import time
 from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ class Rollout:
     tool_errors: int                # calls answered with an error (a bad box, an unknown tool, a call that does not parse)
     finished: bool                  # ended by a stop token (False: max_new_tokens or max_tool_calls reached)
     retokenized: int = 0            # stretches of sampled tokens whose text the family tokenizes otherwise (kept as sampled)
+    tool_seconds: float = 0.0       # wall time spent running this row's tool calls
 
     @property
     def n_generated(self) -> int: return int((self.rendered.labels != -100).sum())
@@ -38,12 +40,15 @@ def result_text(result:ToolResult) -> str:
     "A tool result as a completion's text shows it: each image as `<image>` (the crop-tool data's form), text inside `<tool_response>`."
     return ''.join('<image>' if isinstance(p, ImageRef) else f"<tool_response>{p.text}</tool_response>" for p in result.content)
 
-def logprob_picker(do_sample:bool=True, temperature:float=1.0, top_k:int|None=None, top_p:float=1.0, generator=None, banned=()):
-    "`(pick, last)`: the engine's `token_picker` (never picking a `banned` id), which keeps each step's `log_softmax(logits / temperature)` in `last['logprobs']`."
+def logprob_picker(do_sample:bool=True, temperature:float=1.0, top_k:int|None=None, top_p:float=1.0, generator=None, banned=(),
+                   logits_processor=None):
+    """`(pick, last)`: the engine's `token_picker` (transformers' `logits_processor`s first, then never a `banned` id), which keeps
+    each step's `log_softmax(logits / temperature)`, the policy's own distribution, in `last['logprobs']`."""
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     banned = sorted(set(banned))
     def ban(ids, scores): scores[:, banned] = float('-inf'); return scores
-    pick, last = token_picker(do_sample, temperature, top_k, top_p, [ban] if banned else None, generator), {}
+    procs = list(logits_processor or []) + ([ban] if banned else [])
+    pick, last = token_picker(do_sample, temperature, top_k, top_p, procs, generator), {}
     def pick_and_keep(generated:torch.Tensor, logits:torch.Tensor) -> torch.Tensor:
         last['logprobs'] = torch.log_softmax(logits.float() / temperature, -1)
         return pick(generated, logits)
@@ -97,6 +102,7 @@ class RowState:
     text: str = ''
     tool_calls: int = 0
     tool_errors: int = 0
+    tool_seconds: float = 0.0
     finished: bool = False
     done: bool = False
 
@@ -111,13 +117,13 @@ def _close_id(tok) -> int|None:
     return ids[0] if len(ids) == 1 else None
 
 def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:int|None, tok, pick, last:dict,
-                 max_new_tokens:int, pad_token_id:int) -> None:
+                 max_new_tokens:int, pad_token_id:int, cache:str='dynamic') -> None:
     "One decode of `rows` together (each prefilled from its `prompt`): every row samples until a stop id, a `</tool_call>` or its token budget."
     prompts = [r.prompt for r in rows]
     for r in rows: r.segments.append(Segment(len(r.rendered)))
     schedules = [RowSchedule(max_new_tokens - r.n_generated, stop_ids | ({close_id} if close_id is not None else set())) for r in rows]
     inputs, row_inputs = concat_visual(prompts), {k: [p.row[k] for p in prompts] for k in prompts[0].row}
-    for tokens, live in decode_steps(model, [p.input_ids for p in prompts], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id):
+    for tokens, live in decode_steps(model, [p.input_ids for p in prompts], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id, cache):
         for i in live.nonzero()[:, 0].tolist():
             seg, t = rows[i].segments[-1], int(tokens[i])
             seg.tokens.append(t); seg.logprobs.append(float(last['logprobs'][i, t]))
@@ -141,7 +147,9 @@ def continue_row(row:RowState, fam:Family, processor, tools:Tools, stop_ids:set,
         row.done = True
         return
     seg.end = len(fam.render(conv, processor, root=root))       # where the family's render of the text so far ends: the call
+    start = time.perf_counter()
     conv = answer_pending(conv, tools, root, row.rendered.resized_sizes)
+    row.tool_seconds += time.perf_counter() - start
     result = conv.turns[-1].content[-1]
     row.tool_calls, row.tool_errors = row.tool_calls + 1, row.tool_errors + result.error
     row.text += result_text(result)
@@ -160,15 +168,18 @@ def finish_row(row:RowState, fam:Family, processor, root=None) -> Rollout:
     for s in row.segments:
         old[s.start + shift:s.start + shift + len(s.tokens)] = torch.tensor(s.logprobs, dtype=torch.float32)
         shift += len(s.tokens) - (s.end - s.start)
-    return Rollout(row.prompt_index, row.conversation, rendered, old, row.text, row.tool_calls, row.tool_errors, row.finished, retokenized)
+    return Rollout(row.prompt_index, row.conversation, rendered, old, row.text, row.tool_calls, row.tool_errors, row.finished, retokenized,
+                   row.tool_seconds)
 
 # %% ../nbs/55_rollout.ipynb #6d7d942e
 def rollout(model, processor, prompts:list[Conversation], group_size:int=8, family=None, max_new_tokens:int=256,
             max_tool_calls:int=3, tools:Tools|None=None, do_sample:bool=True, temperature:float=1.0, top_p:float=1.0,
-            top_k:int|None=None, generator:torch.Generator|None=None, root=None) -> list[Rollout]:
+            top_k:int|None=None, generator:torch.Generator|None=None, root=None, cache:str='dynamic',
+            logits_processor=None) -> list[Rollout]:
     """`group_size` completions of each prompt, all rows decoded together; a row that writes `<tool_call>…</tool_call>` has
     the call run by `tools` (default: the crop tool, pixel boxes) on its prompt's image, the result appended at the call,
-    and decodes on. Prompt-major order: the `group_size` rollouts of prompt 0, then of prompt 1, ..."""
+    and decodes on; `cache` is the decode engine's KV cache (`vlmkit.generation.CACHES`);
+    `logits_processor`: transformers' processors, each called with the round's generated ids `[B, t]` and the scores. Prompt-major order: the `group_size` rollouts of prompt 0, then of prompt 1, ..."""
     fam = family_of(family if family is not None else model)
     tools = tools if tools is not None else default_tools()
     tok = getattr(processor, 'tokenizer', processor)
@@ -176,14 +187,14 @@ def rollout(model, processor, prompts:list[Conversation], group_size:int=8, fami
     stop_ids, close_id = set(fam.stop_ids(processor)), _close_id(tok)
     pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else min(stop_ids)
     banned = [i for t in fam.chat.reserved for i in [tok.convert_tokens_to_ids(t)] if isinstance(i, int) and i != tok.unk_token_id]
-    pick, last = logprob_picker(do_sample, temperature, top_k, top_p, generator, banned)   # no row writes an image token
+    pick, last = logprob_picker(do_sample, temperature, top_k, top_p, generator, banned, logits_processor)   # no row writes an image token
     rendered = [fam.render(p, processor, root=root) for p in prompts]
     rows = [RowState(i, p, r) for i, (p, r) in enumerate(zip(prompts, rendered)) for _ in range(group_size)]
     was_training = model.training
     model.eval()
     try:
         while (live := [r for r in rows if not r.done]):
-            decode_round(model, fam, live, stop_ids, close_id, tok, pick, last, max_new_tokens, pad_token_id)
+            decode_round(model, fam, live, stop_ids, close_id, tok, pick, last, max_new_tokens, pad_token_id, cache)
             for r in live: continue_row(r, fam, processor, tools, stop_ids, max_new_tokens, max_tool_calls, root)
     finally: model.train(was_training)
     return [finish_row(r, fam, processor, root) for r in rows]
@@ -222,10 +233,11 @@ def scripted_family(family, scripts) -> Family:
     return replace(fam, hooks=GenerationHooks(prefill=prefill, decoder=lambda model: ScriptedDecoder(fam.hooks.decoder(model), state)))
 
 # %% ../nbs/55_rollout.ipynb #8f7fb72f
-def tool_trajectory(prompt:Conversation, texts:list[str], tools:Tools|None=None, root=None) -> Conversation:
-    "`prompt` answered by the assistant's `texts` in turn, each call among them run by `tools` and its result placed after it: a trajectory to script."
+def tool_trajectory(prompt:Conversation, texts:list[str], tools:Tools|None=None, root=None, resized_sizes=()) -> Conversation:
+    """`prompt` answered by the assistant's `texts` in turn, each call among them run by `tools` and its result placed after it: a
+    trajectory to script. `resized_sizes`: each image as the model sees it, for tools that read boxes in that space (Qwen2.5-VL's)."""
     tools, conv = tools if tools is not None else default_tools(), prompt
     for text in texts:
         conv, _ = with_generated(conv, text, tools)
-        conv = answer_pending(conv, tools, root)
+        conv = answer_pending(conv, tools, root, resized_sizes)
     return conv

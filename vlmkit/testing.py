@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'PLAIN_ADDED_TOKENS', 'fixtures_dir', 'fixture', 'require_fixture', 'chat_template',
            'tiny_tokenizer', 'tiny_llm_config', 'noise_image', 'n_params', 'TinyVLM', 'expand_placeholders',
-           'count_calls', 'RecordingBackend', 'doc_as_written']
+           'count_calls', 'RecordingBackend', 'doc_as_written', 'ChatServer']
 
 # %% ../nbs/03_testing.ipynb #380bdc7d
 def fixtures_dir(start:str|Path|None=None) -> Path|None:
@@ -175,3 +175,52 @@ def doc_as_written(sym, name:str|None=None, title_level:int=3):
             dm['kwargs'] = dict(docment=f"{base.__name__}'s fields", anno=empty, default=empty,
                                 kind=inspect.Parameter.VAR_KEYWORD)
     return r
+
+# %% ../nbs/03_testing.ipynb #48ae85fb
+import json as _json, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class ChatServer:
+    "An OpenAI-compatible `/v1/chat/completions` endpoint on 127.0.0.1 answering with `respond(body) -> str`; counts requests."
+    def __init__(self, respond, fail_first:int=0, fail_status:int=503, delay:float=0.0, model:str='scripted'):
+        self.respond, self.fail_first, self.fail_status, self.delay, self.model = respond, fail_first, fail_status, delay, model
+        self.requests, self.bodies, self._lock = 0, [], threading.Lock()
+        self._httpd = None
+
+    @property
+    def url(self) -> str:
+        "The base URL clients take (`http://127.0.0.1:PORT/v1`)."
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def _answer(self, handler) -> tuple[int, dict]:
+        n = int(handler.headers.get('Content-Length', 0))
+        body = _json.loads(handler.rfile.read(n) or b'{}')
+        with self._lock:
+            self.requests += 1; self.bodies.append(body); k = self.requests
+        if self.delay: import time; time.sleep(self.delay)
+        if handler.path.rstrip('/') != '/v1/chat/completions': return 404, {'error': {'message': f"no route {handler.path}"}}
+        if k <= self.fail_first: return self.fail_status, {'error': {'message': f"scripted failure {k} of {self.fail_first}"}}
+        try: text = self.respond(body)
+        except KeyError as e: return 400, {'error': {'message': f"no scripted answer for {e}"}}
+        return 200, {'id': f"chatcmpl-{k}", 'object': 'chat.completion', 'model': body.get('model', self.model),
+                     'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': 'stop'}]}
+
+    def start(self) -> 'ChatServer':
+        server = self
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                status, out = server._answer(self)
+                data = _json.dumps(out).encode()
+                self.send_response(status); self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(data))); self.end_headers(); self.wfile.write(data)
+            def log_message(self, *a): pass
+        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._httpd is not None: self._httpd.shutdown(); self._httpd.server_close(); self._httpd = None
+
+    def __enter__(self): return self.start()
+    def __exit__(self, *exc): self.stop()

@@ -107,16 +107,16 @@ def enable_internvl_packing(model):
     return model
 
 # %% ../../nbs/23_internvl_family.ipynb #e5ea5033
-def load_internvl(path, dtype:torch.dtype=torch.bfloat16, device=None) -> tuple:
-    "`(model, processor)` of the InternVL3.5-HF checkpoint in folder `path`: transformers' model in `dtype` on `device`, in eval mode."
+def load_internvl(path, dtype:torch.dtype=torch.bfloat16, device=None, **kwargs) -> tuple:
+    "`(model, processor)` of the InternVL3.5-HF checkpoint in folder `path`: transformers' model in `dtype` on `device`, in eval mode; `kwargs` go to `from_pretrained` (`device_map`, `quantization_config`)."
     path = Path(path)
     config = json.loads((path/'config.json').read_text()) if (path/'config.json').is_file() else {}
     if config.get('model_type') == 'internvl_chat':
         raise ValueError(f"{path/'config.json'}: model_type 'internvl_chat' is InternVL's original remote-code checkpoint; vlmkit runs "
                          "the -HF checkpoints (model_type 'internvl', transformers' InternVLForConditionalGeneration), e.g. OpenGVLab/InternVL3_5-8B-HF")
     from transformers import InternVLForConditionalGeneration
-    model = InternVLForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-    return (model.to(device) if device is not None else model).eval(), hf_processor(path)
+    model = InternVLForConditionalGeneration.from_pretrained(str(path), dtype=dtype, **kwargs)
+    return (model.to(device) if device is not None and 'device_map' not in kwargs else model).eval(), hf_processor(path)
 
 def tiny_internvl_pair(seed:int=0) -> tuple:
     "`(model, processor)`: the tiny random InternVL3.5 of `vlmkit.internvl.tiny` and its `InternVLProcessor` (4 tokens per 56x56 tile)."

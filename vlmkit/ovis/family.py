@@ -102,10 +102,10 @@ def collate_ovis(rendered:list[Rendered], pack:bool=True) -> dict:
 # %% ../../nbs/14_ovis_family.ipynb #06a91c23
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = 32*32, 96*96
 
-def load_ovis(path, dtype=torch.bfloat16, device=None) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
-    "The native Ovis2.5 of an official checkpoint folder (or hub id), in eval mode, and its `OvisProcessor` (the official pixel budget)."
-    model = Ovis2_5ForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    if device is not None: model = model.to(device)
+def load_ovis(path, dtype=torch.bfloat16, device=None, **kwargs) -> tuple[Ovis2_5ForConditionalGeneration, OvisProcessor]:
+    "The native Ovis2.5 of an official checkpoint folder (or hub id), in eval mode, and its `OvisProcessor` (the official pixel budget); `kwargs` go to `from_pretrained` (`device_map`, `quantization_config`)."
+    model = Ovis2_5ForConditionalGeneration.from_pretrained(path, dtype=dtype, **kwargs)
+    if device is not None and 'device_map' not in kwargs: model = model.to(device)
     tok = model.text_tokenizer if model.text_tokenizer is not None else load_ovis_tokenizer(path)
     return model.eval(), OvisProcessor(tok)
 

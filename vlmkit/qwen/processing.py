@@ -50,11 +50,11 @@ def load_processor(path) -> Qwen2_5_VLProcessor:
     from transformers import AutoVideoProcessor
     return qwen_processor(proc.image_processor, proc.tokenizer, AutoVideoProcessor.from_pretrained(str(path)), proc.chat_template)
 
-def load_qwen(path, dtype:torch.dtype=torch.bfloat16, device=None) -> tuple:
-    "`(model, processor)` of the Qwen2.5-VL checkpoint in folder `path`: transformers' model in `dtype` on `device`, in eval mode."
+def load_qwen(path, dtype:torch.dtype=torch.bfloat16, device=None, **kwargs) -> tuple:
+    "`(model, processor)` of the Qwen2.5-VL checkpoint in folder `path`: transformers' model in `dtype` on `device`, in eval mode; `kwargs` go to `from_pretrained` (`device_map`, `quantization_config`)."
     from transformers import Qwen2_5_VLForConditionalGeneration
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-    return (model.to(device) if device is not None else model).eval(), load_processor(path)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype, **kwargs)
+    return (model.to(device) if device is not None and 'device_map' not in kwargs else model).eval(), load_processor(path)
 
 # %% ../../nbs/25_qwen_processing.ipynb #88bb8a75
 def resized_sizes(inputs, patch_size:int=14, key:str='image_grid_thw') -> list[tuple[int, int]]:

@@ -1,0 +1,251 @@
+"""R-GRPO rollout speed: new tokens/s of `vlmkit.rollout` with crops on a 2B-shaped model of each family, the decode
+engine's KV caches side by side, a training step's time split, and the plain transformers `generate` reference point.
+
+1. Reference (`--parts reference`): a Qwen3-1.7B-shaped LLM (random weights, bf16), `--prompt-len` (1,024) random prompt
+   tokens, `--new-tokens` (256) sampled tokens a row, no stop token. transformers' `generate` one completion at a time,
+   G=8 completions of one prompt in one call, and 4 prompts x G=8 in one call; then vlmkit's `generate` on the 4 x G=8
+   rows with each of `--caches`. New tokens/s = rows x new tokens / wall seconds, after one warm-up call of each (the
+   compiled cache compiles there). Greedy check: each cache's greedy rows against transformers' greedy `generate` of the
+   same batch (rows identical, of 32).
+2. Rollouts (`--parts rollout`): each family's released shape over its tiny tokenizer (`bench/sft_gpu.py`'s builders:
+   InternVL3.5-2B, Qwen2.5-VL-3B, Ovis2.5-2B), bf16, `--prompts` (4) grounding prompts on `--image-size` (640x480)
+   synthetic images x `--group` (8) rollouts, `--new-tokens` (256) tokens a completion. Random weights never call a tool,
+   so a logits processor makes every row write `<tool_call>Crop [...]</tool_call>` after `--call-at` (32) tokens of its
+   first round: the crop tool runs on the real image, the crop's visual tokens enter the trajectory, and the row decodes
+   on to its token budget. New tokens/s = generated tokens / rollout wall seconds (tool time included), after one warm-up
+   rollout per cache. Greedy check: greedy rollouts of each cache against the dynamic cache's (identical trajectories).
+3. Step split (`--parts step`): two GRPO steps of `vlmkit.grpo.GRPOTrainer` on the same prompts (LoRA r=16, the same
+   forced crop, the fastest cache of part 2), the second step's `time/*` logs: decoding, tools, rewards, training.
+
+Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in rollout new tokens/s.
+
+    python bench/grpo_rollout_gpu.py                                     # GPU: all parts, all families
+    python bench/grpo_rollout_gpu.py --parts rollout --families qwen2_5_vl --caches dynamic,compiled
+    python bench/grpo_rollout_gpu.py --tiny                              # CPU, seconds: the same code paths, tiny models
+"""
+import argparse, gc, json, sys, tempfile, time, traceback, warnings
+from pathlib import Path
+import torch
+warnings.filterwarnings('ignore', category=FutureWarning)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sft_gpu import FAMILY_LABELS, QWEN3_1_7B, build   # one definition of each released shape, shared with the SFT benchmark
+
+TINY_LLM = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=True)
+
+def sync():
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+
+def release():
+    gc.collect()
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+
+def timed(fn):
+    "(result, seconds) of `fn()`, CUDA synchronised on both sides."
+    sync(); t = time.perf_counter()
+    out = fn(); sync()
+    return out, time.perf_counter() - t
+
+# ---- part 1: the plain-generate reference on an LLM ----
+
+def reference_llm(tiny, device):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    torch.manual_seed(0)
+    cfg = Qwen3Config(**(TINY_LLM if tiny else QWEN3_1_7B))
+    cfg._attn_implementation = 'sdpa'
+    with torch.device(device): model = Qwen3ForCausalLM(cfg).eval()
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = None, 0
+    return model
+
+def plain_generate(model, ids, n, do_sample=True):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=do_sample,
+                          top_k=None, top_p=1.0, temperature=1.0)[:, ids.shape[1]:]
+
+def part_reference(args, device):
+    from vlmkit.generation import generate
+    model = reference_llm(args.tiny, device)
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(1000 if not args.tiny else 10, model.config.vocab_size, (args.prompts, args.prompt_len), generator=g).to(device)
+    rows = prompts.repeat_interleave(args.group, 0)
+    n, out = args.new_tokens, []
+    def row(mode, n_rows, fn):
+        fn()                                   # warm-up (the compiled cache compiles here)
+        _, secs = timed(fn)
+        out.append(dict(mode=mode, rows=n_rows, secs=secs, tok_s=n_rows * n / secs))
+        print(f"  {mode}: {n_rows} rows x {n} tokens in {secs:.2f} s = {n_rows * n / secs:.0f} new tokens/s", flush=True)
+    with torch.no_grad():
+        row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
+        row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
+        row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
+        greedy = plain_generate(model, rows, n, do_sample=False)
+        for cache in args.caches:
+            kw = dict(max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache)
+            row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache', len(rows),
+                lambda: generate(model, list(rows), do_sample=True, temperature=1.0, top_k=None, **kw))
+            same = (generate(model, list(rows), **kw) == greedy).all(1).sum().item()
+            out[-1]['same_greedy'] = same
+            print(f"    greedy rows identical to transformers': {same} of {len(rows)}", flush=True)
+    del model; release()
+    return out
+
+# ---- part 2: rollouts with crops ----
+
+class ForcedCall:
+    "A logits processor: in a rollout's first round each row writes `ids` (a tool call) from its `at`-th token on."
+    def __init__(self, ids, at): self.ids, self.at, self.round = list(ids), at, 0
+    def __call__(self, input_ids, scores):
+        t = input_ids.shape[1]
+        if t == 0: self.round += 1
+        if self.round == 1 and self.at <= t < self.at + len(self.ids):
+            forced = torch.full_like(scores, float('-inf'))
+            forced[:, self.ids[t - self.at]] = 0.
+            return forced
+        return scores
+
+def rollout_prompts(fam, proc, args):
+    from vlmkit.grpo import grounding_prompts, prompt_of
+    return [prompt_of(c) for c in grounding_prompts(fam, proc, n=args.prompts, size=tuple(args.image_size))]
+
+def call_ids(proc, args):
+    tok = getattr(proc, 'tokenizer', proc)
+    w, h = args.image_size
+    return tok(f"<tool_call>Crop [{w // 8}, {h // 8}, {w // 2}, {h // 2}]</tool_call>", add_special_tokens=False)['input_ids']
+
+def one_rollout(model, proc, fam, prompts, args, cache, do_sample=True):
+    from vlmkit.rollout import rollout
+    return rollout(model, proc, prompts, group_size=args.group, family=fam, max_new_tokens=args.new_tokens, max_tool_calls=1,
+                   do_sample=do_sample, generator=torch.Generator(model.device).manual_seed(0), cache=cache,
+                   logits_processor=[ForcedCall(call_ids(proc, args), args.call_at)])
+
+def part_rollout(name, args, device):
+    from vlmkit.family import FAMILIES
+    fam = FAMILIES[name]
+    model, proc = build(fam, args.tiny, device)
+    model.eval()
+    prompts, rows, texts = rollout_prompts(fam, proc, args), [], {}
+    for cache in args.caches:
+        try:
+            one_rollout(model, proc, fam, prompts, args, cache)                          # warm-up (compiles)
+            rolls, secs = timed(lambda: one_rollout(model, proc, fam, prompts, args, cache))
+            tokens, tools = sum(r.n_generated for r in rolls), sum(r.tool_seconds for r in rolls)
+            texts[cache] = [r.text for r in one_rollout(model, proc, fam, prompts, args, cache, do_sample=False)]
+            rows.append(dict(cache=cache, rollouts=len(rolls), tokens=tokens, crops=sum(r.tool_calls - r.tool_errors for r in rolls),
+                             secs=secs, tool_secs=tools, tok_s=tokens / secs,
+                             same_greedy=sum(a == b for a, b in zip(texts[cache], texts[args.caches[0]]))))
+            print(f"  {cache}: {len(rolls)} rollouts, {tokens} new tokens, {rows[-1]['crops']} crops in {secs:.2f} s "
+                  f"(tools {tools:.2f} s) = {tokens / secs:.0f} new tokens/s", flush=True)
+        except Exception as e:
+            oom = isinstance(e, torch.OutOfMemoryError)
+            if not oom: traceback.print_exc()
+            rows.append(dict(cache=cache, error='OOM' if oom else f"{type(e).__name__}: {e}"[:160])); release()
+    return dict(family=name, label=FAMILY_LABELS.get(name, name), rows=rows), (model, proc, fam, prompts)
+
+# ---- part 3: a GRPO step's time split ----
+
+def part_step(built, args, cache, workdir):
+    from vlmkit.grpo import GRPOConfig, grpo_trainer
+    from vlmkit.sft import prepare_model
+    model, proc, fam, prompts = built
+    cfg = GRPOConfig(family=fam.name, output_dir=str(workdir/f'grpo-{fam.name}'), group_size=args.group, prompts_per_step=args.prompts,
+                     max_new_tokens=args.new_tokens, max_tool_calls=1, max_steps=2, save_steps=1000, bf16=not args.tiny,
+                     report_to='none', progress=False, lora_r=16, rollout_cache=cache, train=['(in memory)'],
+                     checkpointing=not args.tiny)
+    policy = prepare_model(model.train(), fam, cfg, verbose=False)
+    from vlmkit.grpo import grounding_prompts
+    def forced_rollout(*a, **kw):   # a fresh processor each rollout: every row crops once in every step
+        from vlmkit.rollout import rollout
+        return rollout(*a, logits_processor=[ForcedCall(call_ids(proc, args), args.call_at)], **kw)
+    trainer = grpo_trainer(cfg, policy, fam, proc, grounding_prompts(fam, proc, n=args.prompts, size=tuple(args.image_size)),
+                           rollout_fn=forced_rollout)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if 'time/generation' in h]
+    last = logs[-1]
+    split = {k.split('/')[1]: last[k] for k in ('time/generation', 'time/tools', 'time/rewards', 'time/reference', 'time/training')}
+    print(f"  step split ({cache} cache): " + ', '.join(f"{k} {v:.2f} s" for k, v in split.items()), flush=True)
+    return dict(cache=cache, **split, tool_calls=last.get('tool_calls'), tool_errors=last.get('tool_errors'),
+                mean_length=last.get('completions/mean_length'))
+
+# ---- tables ----
+
+def tables(res, card, args):
+    if res.get('reference'):
+        ref4 = next((r for r in res['reference'] if r['mode'].startswith('transformers') and r['rows'] == args.prompts * args.group), None)
+        print(f"\n| LLM reference ({card}) | rows | time s | new tokens/s | vs 4 x G plain | greedy rows identical |")
+        print("|---|---|---|---|---|---|")
+        for r in res['reference']:
+            same = f"{r['same_greedy']} of {r['rows']}" if 'same_greedy' in r else ''
+            print(f"| {r['mode']} | {r['rows']} | {r['secs']:.2f} | {r['tok_s']:.0f} | {r['tok_s'] / ref4['tok_s']:.2f}x | {same} |")
+    if res.get('rollout'):
+        ref4 = next((r for r in res.get('reference') or [] if r['mode'].startswith('transformers') and r['rows'] == args.prompts * args.group), None)
+        print(f"\n| family ({card}) | cache | rollouts | new tokens | crops | time s | tools s | new tokens/s | vs 4 x G plain | greedy same as dynamic |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for f in res['rollout']:
+            for r in f['rows']:
+                if 'error' in r: print(f"| {f['label']} | {r['cache']} | | | | | | {r['error']} | | |"); continue
+                vs = f"{r['tok_s'] / ref4['tok_s']:.1f}x" if ref4 else '-'
+                print(f"| {f['label']} | {r['cache']} | {r['rollouts']} | {r['tokens']} | {r['crops']} | {r['secs']:.2f} | "
+                      f"{r['tool_secs']:.2f} | {r['tok_s']:.0f} | {vs} | {r['same_greedy']} of {r['rollouts']} |")
+    if res.get('step'):
+        print(f"\n| family ({card}) | cache | generation s | tools s | rewards s | reference s | training s |")
+        print("|---|---|---|---|---|---|---|")
+        for f in res['step']:
+            if 'error' in f: print(f"| {f['label']} | | {f['error']} | | | | |"); continue
+            print(f"| {f['label']} | {f['cache']} | {f['generation']:.2f} | {f['tools']:.3f} | {f['rewards']:.3f} | {f['reference']:.2f} | {f['training']:.2f} |")
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--tiny', action='store_true', help='tiny models and counts on CPU, float32 (smoke test of the same paths)')
+    ap.add_argument('--parts', default='reference,rollout,step', help='comma-separated: reference, rollout, step')
+    ap.add_argument('--families', default=','.join(FAMILY_LABELS), help=f"comma-separated, from {', '.join(FAMILY_LABELS)}")
+    ap.add_argument('--caches', help="the engine's KV caches compared, the first the greedy reference (default dynamic,compiled; --tiny: dynamic,static)")
+    ap.add_argument('--prompts', type=int, help='prompts per batch (default 4; --tiny: 2)')
+    ap.add_argument('--group', type=int, help='completions per prompt, G (default 8; --tiny: 2)')
+    ap.add_argument('--new-tokens', type=int, help='new tokens a completion (default 256; --tiny: 48)')
+    ap.add_argument('--prompt-len', type=int, help='reference LLM prompt tokens (default 1024; --tiny: 16)')
+    ap.add_argument('--call-at', type=int, help='the forced crop call starts after this many tokens (default 32; --tiny: 2)')
+    ap.add_argument('--image-size', type=int, nargs=2, help='synthetic image width height (default 640 480; --tiny: 192 144)')
+    ap.add_argument('--json', help='write the results here (after each part)')
+    args = ap.parse_args()
+    for k, full, tiny in [('prompts', 4, 2), ('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),
+                          ('image_size', [640, 480], [192, 144]), ('caches', 'dynamic,compiled', 'dynamic,static')]:
+        if getattr(args, k) is None: setattr(args, k, tiny if args.tiny else full)
+    args.caches = args.caches.split(',')
+    parts, families = args.parts.split(','), args.families.split(',')
+    if bad := [p for p in parts if p not in ('reference', 'rollout', 'step')]: ap.error(f"--parts: unknown {bad}")
+    if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
+    from vlmkit.generation import CACHES
+    if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
+    device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    torch.set_default_dtype(dtype)
+    card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
+    import transformers
+    print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}", flush=True)
+    res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
+    save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))
+    if 'reference' in parts:
+        print("LLM reference (Qwen3-1.7B-shaped):", flush=True)
+        res['reference'] = part_reference(args, device); save()
+    for name in families if {'rollout', 'step'} & set(parts) else []:
+        print(f"{FAMILY_LABELS[name]} ({name}):", flush=True)
+        f, built = part_rollout(name, args, device) if 'rollout' in parts else (None, None)
+        if f: res.setdefault('rollout', []).append(f); save()
+        if 'step' in parts:
+            if built is None:
+                from vlmkit.family import FAMILIES
+                fam = FAMILIES[name]; model, proc = build(fam, args.tiny, device)
+                built = (model, proc, fam, rollout_prompts(fam, proc, args))
+            ok = [r for r in (f['rows'] if f else []) if 'error' not in r]
+            cache = max(ok, key=lambda r: r['tok_s'])['cache'] if ok else args.caches[-1]
+            try: res.setdefault('step', []).append(dict(label=FAMILY_LABELS[name], **part_step(built, args, cache, workdir)))
+            except Exception as e:
+                traceback.print_exc(); res.setdefault('step', []).append(dict(label=FAMILY_LABELS[name], error=f"{type(e).__name__}: {e}"[:160]))
+            save()
+        del built; release()
+    tables(res, card, args)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    bad = [f"{f['family']}/{r['cache']}: {r['error']}" for f in res.get('rollout', []) for r in f['rows'] if r.get('error', 'OOM') != 'OOM']
+    bad += [f"{s['label']} step: {s['error']}" for s in res.get('step', []) if 'error' in s]
+    if bad: raise SystemExit(f"rows failed: {', '.join(bad)}")
+
+if __name__ == '__main__': main()
