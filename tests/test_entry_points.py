@@ -66,6 +66,7 @@ def _sft_data(d:Path):
     (d / 'cfg.yaml').write_text('family: qwen2_5_vl\nmodel: tiny\ntrain: [train.jsonl]\noutput_dir: out\nbf16: false\n'
                                 'report_to: none\nprogress: false\nbatch_tokens: 400\n')
     (d / 'bad.yaml').write_text('family: qwen2_5_vl\nlearning_rate: 1e-4\n')
+    (d / 'noise.mp4').write_bytes(b'no video in here')          # `vlmkit chat --video`: a file no codec reads
 
 def _sft_written(d:Path, out:str):
     assert out.splitlines()[-1] == 'adapter saved to out', out
@@ -82,6 +83,8 @@ CASES = {
              (('sft', '--config', 'cfg.yaml', '--family', 'qwen'), "family: unknown family 'qwen'"),
              (('train',), 'the following arguments are required: --config'), (('serve',), "invalid choice: 'serve'"),
              (('chat', '--model', 'tiny:qwen2_5_vl', '--image', 'nope.png', '--prompt', 'Hi', '--device', 'cpu'), 'nope.png: image file not found'),
+             (('chat', '--model', 'tiny:qwen2_5_vl', '--video', 'noise.mp4', '--prompt', 'Hi', '--device', 'cpu'), 'noise.mp4: cannot open as a video'),
+             (('chat', '--model', 'tiny:qwen2_5_vl', '--prompt', 'word ' * 9000, '--device', 'cpu'), "longer than the model's context of 8192 tokens"),
              (('infer', '--model', 'tiny:qwen2_5_vl', '--data', 'nope.jsonl', '--out', 'r.jsonl', '--device', 'cpu'), 'nope.jsonl: data file not found'),
              (('tile', 'nope.png'), 'nope.png'), (('frames', 'missing.mp4', 'frames'), 'missing.mp4: file not found'),
              (('demo', '--model', 'tiny:nope'), "unknown family 'nope'"), (('demo', '--port', 'x'), "argument --port: invalid int value: 'x'")]),

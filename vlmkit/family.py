@@ -143,7 +143,9 @@ class Span:
 
 def _text_ids(tokenizer, text:str, marks:list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
     "Token ids of `text` and, per token, whether it overlaps one of the trained character ranges `marks`."
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: no tokenizer warning about model_max_length; lengths are checked where they matter (chat's context
+    # check, collation's truncation), with the sample named
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids, offsets = list(enc['input_ids']), enc['offset_mapping']
     return ids, [any(s < e2 and s2 < e for s2, e2 in marks) for s, e in offsets]
 
