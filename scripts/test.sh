@@ -70,6 +70,7 @@ fi
 
 echo "== tests (notebooks, tests/, docs site)"
 rc=0
-"$PY" -m pytest tests -q -p no:cacheprovider "$@" || rc=$?
+# Two workers (pytest-xdist), one per core: most tests spend their time in Python, not in parallel kernels.
+"$PY" -m pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup "$@" || rc=$?
 [ $rc -eq 5 ] && { echo "pytest collected no tests" >&2; exit 1; }
 exit $rc

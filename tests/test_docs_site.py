@@ -12,12 +12,14 @@ from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit, unquote
 import pytest
+from conftest import wait_for_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.docs
 
 @pytest.fixture(scope='module')
-def site():
+def site(request):
+    wait_for_notebooks(request.session)   # the build reuses the notebooks the notebook tests executed
     spec = importlib.util.spec_from_file_location('build_docs', ROOT/'scripts'/'build_docs.py')
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     cwd = os.getcwd()

@@ -258,6 +258,35 @@ def _run_grpo(fam, tiny):
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ref, own))
     assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(moved, own))
 
+def _run_chat(fam, tiny):
+    "`vlmkit.chat`: a question about the test image; the reply's text is `Family.decoder`'s (= `generate`'s) decoded, streamed or not."
+    from vlmkit.chat import chat, prepare
+    model, processor = tiny
+    image = noise_image(0, (60, 40))
+    prep = prepare(model, processor, 'Where is the cup?', images=[image], max_new_tokens=4)
+    assert prep.fam is fam and len(prep.rendered) == 1 and prep.rendered[0].image_sizes == [(60, 40)]
+    reply = chat(model, processor, 'Where is the cup?', images=[image], max_new_tokens=4)
+    streamed = chat(model, processor, 'Where is the cup?', images=[image], max_new_tokens=4, stream=True)
+    assert ''.join(streamed) == reply.text and reply.image_size == (60, 40)
+    ids = fam.decoder(model, processor, prep.rendered, 4).run().sequences[0]
+    assert torch.equal(ids, fam.generate(model, processor, prep.rendered, max_new_tokens=4)[0])
+
+def _run_tour(fam, tiny):
+    "The tour's chain, short: data in R-GRPO's form (`crop_grounding`), SFT, evaluation (`tour_eval`), R-GRPO with the crop tool, evaluation, outputs."
+    import json
+    from vlmkit.tour import run_tour
+    with tempfile.TemporaryDirectory() as d:
+        r = run_tour(str(Path(d)/'out'), fam.name, verbose=False, sft_samples=4, sft_steps=2, grpo_prompts=2, grpo_steps=1,
+                     group_size=2, prompts_per_step=1, max_new_tokens=24, refcoco_images=4)
+        assert [p.name for p in r['paths']] == ['table.md', 'table.json', 'boxes.png', 'rewards.png', 'trajectory.png']
+        assert all(p.is_file() and p.stat().st_size > 0 for p in r['paths'])
+        table = json.loads((Path(d)/'out'/'table.json').read_text())
+        assert table['settings']['family'] == fam.name
+        assert table['rows'][-1]['dataset'] == 'macro average' and table['rows'][-1]['n'] == len(r['before']) == len(r['after'])
+        assert {rec['family'] for rec in r['before'] + r['after']} == {fam.name}
+        assert len(table['rewards']) == 1 and len(r['rollouts']) == 1 and len(r['rollouts'][0]) == 2   # one step: 1 prompt x 2 completions
+        assert (Path(d)/'out'/'grpo'/'adapter_model.safetensors').is_file() and (Path(d)/'out'/'sft'/'config.json').is_file()
+
 RUN = {
     'vlmkit.grounding_viz.filter_results': _run_filter_results,
     'Family.grounding_prompt': _run_grounding, 'vlmkit.grounding.grounding_conversation': _run_grounding,
@@ -277,6 +306,8 @@ RUN = {
     'vlmkit.grpo.grounding_prompts': _run_grpo, 'vlmkit.grpo.write_grounding_prompts': _run_grpo,
     'vlmkit.grpo.sample_logprobs': _run_grpo, 'vlmkit.grpo.reference_logprobs': _run_grpo,
     'vlmkit.rollout.rollout': _run_rollout, 'vlmkit.rollout.scripted_family': _run_rollout,
+    'vlmkit.chat.chat': _run_chat, 'vlmkit.chat.prepare': _run_chat, 'vlmkit.family.Family.decoder': _run_chat,
+    'vlmkit.tour.run_tour': _run_tour, 'vlmkit.tour.tour_eval': _run_tour, 'vlmkit.tour.crop_grounding': _run_tour,
 }
 
 @pytest.mark.parametrize('run', sorted(set(RUN.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__[5:])
