@@ -1,5 +1,4 @@
 import os, time
-from pathlib import Path
 import pytest
 
 # Tests and the notebooks they run load and save tiny checkpoints; their progress bars would only fill the executed
@@ -8,7 +7,6 @@ os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 from vlmkit.family import FAMILIES  # after the switch: it may import transformers
 
 SESSION_START = time.time()
-NOTEBOOKS_DONE = Path(__file__).resolve().parents[1]/'_build'/'notebooks-done'  # a file per notebook run (passed or not)
 if os.environ.get('PYTEST_XDIST_WORKER'):   # `pytest -n 2`: one worker per core, each on one thread
     import torch
     torch.set_num_threads(1)
@@ -16,19 +14,15 @@ if os.environ.get('PYTEST_XDIST_WORKER'):   # `pytest -n 2`: one worker per core
 def pytest_configure(config):
     config.addinivalue_line('markers', 'docs: checks of the rendered documentation site (run last)')
 
-@pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The docs site is built from the notebooks the notebook tests execute: run its checks last. Under pytest-xdist
-    (`-n 2 --dist loadgroup`, as scripts/test.sh runs), a test file's tests stay on one worker, so that its module
-    fixtures are built once; the notebooks, each its own test, spread over the workers."""
+    "The docs site is built from the notebooks the notebook tests execute: run its checks last."
     items.sort(key=lambda it: it.get_closest_marker('docs') is not None)
-    for it in items:
-        if it.path.name != 'test_notebooks.py': it.add_marker(pytest.mark.xdist_group(it.path.stem))
 
 def wait_for_notebooks(session, timeout:float=1800):
     "Under pytest-xdist other workers run the notebooks: wait until each notebook test of this session has run (its file in NOTEBOOKS_DONE)."
     if not os.environ.get('PYTEST_XDIST_WORKER'): return
-    names = {it.callspec.params['nb'].stem for it in session.items if it.path.name == 'test_notebooks.py' and hasattr(it, 'callspec')}
+    from test_notebooks import NOTEBOOKS_DONE
+    names = {it.callspec.params['nb'].stem for it in session.items if it.path.name.startswith('test_notebooks') and hasattr(it, 'callspec')}
     def pending(): return [n for n in names if not ((f := NOTEBOOKS_DONE/n).exists() and f.stat().st_mtime >= SESSION_START - 60)]
     t0 = time.time()
     while pending() and time.time() - t0 < timeout: time.sleep(2)

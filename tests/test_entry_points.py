@@ -1,8 +1,10 @@
-"""Every console script of pyproject.toml, run as its installed wrapper runs it (`sys.exit(<function>())` in a fresh
-interpreter, this checkout first on the path): exit 0 on success having written what it says, 0 for `--help`, and
-2 on bad input with one line on stderr naming the problem (no usage block, no traceback). The scripts are read
-from pyproject.toml, so a new one fails here until it has cases below."""
-import os, re, subprocess, sys
+"""Every console script of pyproject.toml, run as its installed wrapper runs it (`sys.exit(<function>())`, this
+checkout first on the path): exit 0 on success having written what it says, 0 for `--help`, and 2 on bad input with
+one line on stderr naming the problem (no usage block, no traceback). The scripts are read from pyproject.toml, so a
+new one fails here until it has cases below. Each case runs in a process of its own, forked from one interpreter per
+script that has imported the script's module (and torch and transformers, which every case would import): what a fresh
+interpreter running the wrapper does, without paying for the imports once per case."""
+import json, os, re, subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest
@@ -15,13 +17,41 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
 
 
-def run(script:str, *args, cwd:Path) -> subprocess.CompletedProcess:
-    "`script args` in `cwd`, through the same code pip's console wrapper runs."
+DRIVER = """
+import json, os, sys, traceback
+from importlib import import_module
+script, module, func, jobs = sys.argv[1:5]
+main = getattr(import_module(module), func)
+import torch, transformers                       # what nearly every case imports: once, before the forks
+for job in json.loads(open(jobs).read()):
+    pid = os.fork()
+    if pid == 0:                                  # the case: the wrapper's `sys.exit(main())` in the case's folder
+        os.chdir(job['cwd'])
+        for fd, name in ((1, 'stdout'), (2, 'stderr')): os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        sys.argv = [script, *job['args']]
+        try: code = main()
+        except SystemExit as e: code = e.code
+        except BaseException: traceback.print_exc(); code = 1
+        if isinstance(code, str): print(code, file=sys.stderr); code = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(0 if code is None else code)
+    _, status = os.waitpid(pid, 0)
+    open(job['status'], 'w').write(str(os.waitstatus_to_exitcode(status)))
+"""
+
+def run_cases(script:str, cases:list[tuple[Path, tuple]], tmp:Path) -> list[subprocess.CompletedProcess]:
+    "Each `(folder, args)` of `script` run as its wrapper runs it (see the module docstring); a CompletedProcess per case."
     module, func = SCRIPTS[script].split(':')
-    code = f"import sys; from {module} import {func}; sys.argv[0] = {script!r}; sys.exit({func}())"
+    jobs = [dict(cwd=str(d), args=[str(a) for a in args], **{k: str(tmp/f'{i}.{k}') for k in ('stdout', 'stderr', 'status')})
+            for i, (d, args) in enumerate(cases)]
+    (tmp/'jobs.json').write_text(json.dumps(jobs))
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), 'MPLBACKEND': 'Agg'}
-    return subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    r = subprocess.run([sys.executable, '-c', DRIVER, script, module, func, str(tmp/'jobs.json')], env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, f"the driver of {script} failed:\n{r.stderr[-3000:]}"
+    read = lambda p: Path(p).read_text() if Path(p).exists() else ''
+    return [subprocess.CompletedProcess([script, *j['args']], int(read(j['status']) or -1), read(j['stdout']), read(j['stderr']))
+            for j in jobs]
 
 
 # --- per script: a setup of the working folder, the success case and what it must have written, bad inputs ---
@@ -110,7 +140,7 @@ def test_every_entry_point_has_cases():
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory) -> dict:
-    "Every case of every script, each in a fresh folder, run a few at a time (most of each run is importing torch)."
+    "Every case of every script, each in a fresh folder; the scripts' drivers run two at a time."
     jobs = {}
     for script in sorted(set(SCRIPTS) & set(CASES)):
         case = CASES[script]
@@ -118,9 +148,12 @@ def runs(tmp_path_factory) -> dict:
             d = tmp_path_factory.mktemp(re.sub(r'\W', '_', f'{script}_{key}'))
             if key != 'help': case['setup'](d)
             jobs[script, key] = (d, sorted(p.name for p in d.iterdir()), args)
-    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-        futures = {k: pool.submit(run, k[0], *args, cwd=d) for k, (d, _, args) in jobs.items()}
-    return {k: (jobs[k][0], jobs[k][1], f.result()) for k, f in futures.items()}
+    scripts = sorted({s for s, _ in jobs})
+    with ThreadPoolExecutor(2) as pool:
+        futures = {s: pool.submit(run_cases, s, [(jobs[k][0], jobs[k][2]) for k in jobs if k[0] == s], tmp_path_factory.mktemp(f'{s}_driver'))
+                   for s in scripts}
+    results = {s: iter(f.result()) for s, f in futures.items()}
+    return {k: (jobs[k][0], jobs[k][1], next(results[k[0]])) for k in jobs}
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))

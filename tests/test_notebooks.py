@@ -12,11 +12,15 @@ from execnb.shell import CaptureShell
 from fastcore.nbio import write_nb
 from nbdev.config import get_config
 from nbdev.process import NBProcessor
-from conftest import NOTEBOOKS_DONE
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
+# Two test files, so that pytest-xdist's `--dist loadfile` runs them on both workers: the core, family, adaptation and
+# data notebooks here, training, evaluation, apps and the index in tests/test_notebooks_apps.py.
+FIRST = [p for p in NBS if p.stem < '50']
+LATER = [p for p in NBS if p not in FIRST]
 EXECUTED = ROOT/'_build'/'executed'
+NOTEBOOKS_DONE = ROOT/'_build'/'notebooks-done'   # a file per notebook run, passed or not (tests/conftest.py waits on them)
 
 def notebook_flags() -> tuple[list[str], list[str]]:
     "The flags whose cells are skipped (`tst_flags` of the nbdev settings) and those VLMKIT_TEST_FLAGS forces back in."
@@ -48,11 +52,14 @@ def run_notebook(path:Path, skip_flags, force_flags=(), out:Path|None=None):
         out.parent.mkdir(parents=True, exist_ok=True)
         write_nb(nb, out)
 
-@pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
-def test_notebook(nb):
+def check_notebook(nb:Path):
+    "Run notebook `nb` as a test, its executed copy kept for the docs; its mark in NOTEBOOKS_DONE whatever the outcome."
     try: run_notebook(nb, *notebook_flags(), EXECUTED/nb.name)
     finally:                          # the docs build waits for every notebook (tests/conftest.py: wait_for_notebooks)
         NOTEBOOKS_DONE.mkdir(parents=True, exist_ok=True); (NOTEBOOKS_DONE/nb.stem).touch()
+
+@pytest.mark.parametrize('nb', FIRST, ids=[p.stem for p in FIRST])
+def test_notebook(nb): check_notebook(nb)
 
 def test_flagged_cells_are_skipped_unless_named(tmp_path, monkeypatch):
     "A `#| gpu` or `#| slow` cell that would fail is skipped by default and run when VLMKIT_TEST_FLAGS names its flag."
