@@ -50,7 +50,6 @@ if [ -n "$VLMKIT_TORCH_INDEX" ]; then
     VLMKIT_TORCH_INDEX=
   fi
 fi
-export VLMKIT_TORCH_INDEX  # tests/test_wheel.py takes torch from the same index
 pip_install -e ".[dev]"
 "$PY" -c "from importlib.metadata import version as v; print('resolved:', ', '.join(f'{p} {v(p)}' for p in
           ('torch', 'transformers', 'peft', 'nbdev', 'pillow', 'numba', 'numpy')))"

@@ -14,9 +14,13 @@ if os.environ.get('PYTEST_XDIST_WORKER'):   # `pytest -n 2`: one worker per core
 def pytest_configure(config):
     config.addinivalue_line('markers', 'docs: checks of the rendered documentation site (run last)')
 
+# The longest test files, started first so that the two workers of `pytest -n 2 --dist loadfile` end together.
+LONGEST_FIRST = ('test_wheel.py', 'test_sft.py', 'test_notebooks_apps.py', 'test_grpo.py', 'test_bench.py')
+
 def pytest_collection_modifyitems(config, items):
-    "The docs site is built from the notebooks the notebook tests execute: run its checks last."
-    items.sort(key=lambda it: it.get_closest_marker('docs') is not None)
+    "The longest test files first; the docs site, built from the notebooks the notebook tests execute, last."
+    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda it: (it.get_closest_marker('docs') is not None, first.get(it.path.name, len(first))))
 
 def wait_for_notebooks(session, timeout:float=1800):
     "Under pytest-xdist other workers run the notebooks: wait until each notebook test of this session has run (its file in NOTEBOOKS_DONE)."

@@ -7,13 +7,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT/'bench').glob('*.py'))
+CHECKED_BELOW = {'sft_gpu'}   # run --tiny by a test of its own below, which checks its table too
 ROW = re.compile(r'^\|.*\|\s*$')
 RULE = re.compile(r'^\|(?:\s*:?-{3,}:?\s*\|)+\s*$')  # a markdown table's header rule: |---|---:|...
 TIMEOUT = 300
 
 def test_there_are_benchmarks(): assert len(SCRIPTS) >= 4, SCRIPTS
 
-@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.stem)
+def check_table(name:str, text:str):
+    "`text` (a script's output) holds a markdown table: a header row, its rule, and rows of the header's width."
+    lines = text.splitlines()
+    rules = [i for i, l in enumerate(lines) if RULE.match(l)]
+    assert rules, f"{name} --tiny printed no table:\n{text[-2000:]}"
+    i = rules[0]
+    assert i > 0 and ROW.match(lines[i - 1]), f"{name}: table without a header row"
+    body = []
+    for l in lines[i + 1:]:
+        if not ROW.match(l): break
+        body.append(l)
+    assert body, f"{name}: table without rows"
+    cells = lambda l: len(l.strip().strip('|').split('|'))
+    assert all(cells(l) == cells(lines[i - 1]) for l in body), f"{name}: rows and header differ in columns"
+
+@pytest.mark.parametrize('script', [s for s in SCRIPTS if s.stem not in CHECKED_BELOW], ids=lambda p: p.stem)
 def test_tiny_run_prints_its_table(script):
     assert '--tiny' in script.read_text().split('"""')[1], f"{script.name}: its docstring does not mention --tiny"
     # one OpenMP thread: on a shared CPU, threads that find no free core slow every op of a smoke test many times over
@@ -21,18 +37,7 @@ def test_tiny_run_prints_its_table(script):
     r = subprocess.run([sys.executable, str(script), '--tiny'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     text = r.stdout
     assert r.returncode == 0, f"{script.name} --tiny exited with {r.returncode}:\n{(r.stdout + r.stderr)[-4000:]}"
-    lines = text.splitlines()
-    rules = [i for i, l in enumerate(lines) if RULE.match(l)]
-    assert rules, f"{script.name} --tiny printed no table:\n{text[-2000:]}"
-    i = rules[0]
-    assert i > 0 and ROW.match(lines[i - 1]), f"{script.name}: table without a header row"
-    body = []
-    for l in lines[i + 1:]:
-        if not ROW.match(l): break
-        body.append(l)
-    assert body, f"{script.name}: table without rows"
-    cells = lambda l: len(l.strip().strip('|').split('|'))
-    assert all(cells(l) == cells(lines[i - 1]) for l in body), f"{script.name}: rows and header differ in columns"
+    check_table(script.name, text)
 
 def test_sft_bench_tiny_rows_agree(tmp_path):
     "bench/sft_gpu.py --tiny: each family has its plain and vlmkit rows (both vlmkit losses, kept and offloaded), none failed, every loss sum that of one at a time."
@@ -41,6 +46,7 @@ def test_sft_bench_tiny_rows_agree(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT/'bench'/'sft_gpu.py'), '--tiny', '--vlmkit-loss', 'both', '--offload', '--json', str(out)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    check_table('sft_gpu.py', r.stdout)
     results = json.loads(out.read_text())['results']
     assert [f['family'] for f in results] == ['internvl3_5', 'qwen2_5_vl', 'ovis2_5']
     for f in results:

@@ -2,7 +2,6 @@
 where `import vlmkit` and the tour run with the repository out of sight (another working directory, no
 sys.path entry pointing at the clone)."""
 import os, shutil, subprocess, sys, venv
-from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,6 +11,35 @@ def _run(cmd, **kw):
     assert r.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
+def torch_closure() -> list[str]:
+    "The distributions torch needs on this platform (torch included), as installed here."
+    from importlib.metadata import distribution
+    from packaging.requirements import Requirement
+    seen, todo = set(), ['torch']
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace('_', '-')
+        if key in seen: continue
+        seen.add(key)
+        for r in distribution(name).requires or []:
+            req = Requirement(r)
+            if req.marker is None or req.marker.evaluate({'extra': ''}): todo.append(req.name)
+    return sorted(seen)
+
+def link_torch(env_dir:Path):
+    """This run's torch in the clean venv: its distributions (torch and what it needs) linked, not copied, into a folder
+    on the venv's path. The CUDA build is gigabytes of files pip would unpack again; the wheel's other dependencies
+    install fresh, and pip sees torch as installed."""
+    from importlib.metadata import distribution
+    linked = env_dir/'torch-site'; linked.mkdir()
+    for name in torch_closure():
+        dist = distribution(name)
+        for top in {Path(str(f)).parts[0] for f in dist.files or []}:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (linked/top).exists() and top != '..': (linked/top).symlink_to(src)
+    site, = env_dir.glob('lib/python*/site-packages')
+    (site/'_vlmkit_torch.pth').write_text(str(linked) + '\n')
+
 def test_wheel_installs_into_a_clean_venv_and_runs_the_tour(tmp_path):
     dist = tmp_path/'dist'
     _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(dist), str(ROOT)])
@@ -20,13 +48,11 @@ def test_wheel_installs_into_a_clean_venv_and_runs_the_tour(tmp_path):
     venv.create(env_dir, with_pip=True)  # no system site-packages: only what the wheel asks for
     py, bindir = env_dir/'bin'/'python', env_dir/'bin'
     # The clean venv stands for a user's machine: as in scripts/test.sh, a machine-wide pip constraint does not apply
-    # (unless PIP_CONSTRAINT names one), and torch is this run's release from the index test.sh took it from (pip's
-    # cache holds it), so the wheel is tested against the torch the rest of the suite ran on.
+    # (unless PIP_CONSTRAINT names one), and torch is this run's (`link_torch`), so the wheel is tested against the
+    # torch the rest of the suite ran on.
     pip_env = {**os.environ, 'PIP_CONSTRAINT': os.environ.get('PIP_CONSTRAINT') or os.devnull}
-    index = os.environ.get('VLMKIT_TORCH_INDEX')
     try:
-        _run([py, '-m', 'pip', 'install', '-q', f"torch=={version('torch').split('+')[0]}",
-              *(['--extra-index-url', index] if index else [])], env=pip_env)
+        link_torch(env_dir)
         _run([py, '-m', 'pip', 'install', '-q', str(wheel)], env=pip_env)
         env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
         work = tmp_path/'elsewhere'; work.mkdir()
