@@ -16,8 +16,8 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
 # %% auto #0
 __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'KIND_COLORS', 'RowSchedule', 'per_row',
            'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs',
-           'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'cache_size',
-           'batch_bucket', 'static_cache', 'compiled_step', 'decode_steps', 'Generation', 'collect',
+           'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'check_cache',
+           'cache_size', 'batch_bucket', 'static_cache', 'compiled_step', 'decode_steps', 'Generation', 'collect',
            'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
            'stream_generate', 'split_thinking']
 
@@ -197,6 +197,11 @@ def _cache_kwarg(module) -> str:
 
 CACHES = ('dynamic', 'static', 'compiled')   # the KV caches decode_steps can decode with
 
+def check_cache(cache:str) -> str:
+    "`cache`, one of `CACHES`; else a `ValueError` naming them."
+    if cache not in CACHES: raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+    return cache
+
 def cache_size(n:int, multiple:int=256) -> int:
     "`n` positions rounded up to a `multiple`: static caches come in few sizes, so compiled steps meet few shapes."
     return -(-n // multiple) * multiple
@@ -205,7 +210,7 @@ def batch_bucket(n:int) -> int:
     "The power of two at or above `n`: a compiled step's batch sizes (its other rows are finished before they start)."
     return 1 << max(n - 1, 0).bit_length()
 
-_STATIC_CACHES = weakref.WeakKeyDictionary()   # module -> {(rows, dtype): (size, StaticCache)}; a cache never holds its module
+_STATIC_CACHES = weakref.WeakKeyDictionary()   # module -> {(rows, device, dtype): (size, StaticCache)}; a cache never holds its module
 
 def static_cache(module, rows:int, size:int) -> tuple[StaticCache, int]:
     """`(cache, its size)`: a transformers `StaticCache` of `rows` rows and at least `size` positions, kept per module and
@@ -237,7 +242,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     """Decode all rows together with one KV cache; yield `(tokens [B], live [B] bool)` after every step. `cache`: 'dynamic'
     (grows each step), 'static' (preallocated, reused between calls) or 'compiled' (static, and every step after the prefill
     runs through `compiled_step`)."""
-    if cache not in CACHES: raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+    check_cache(cache)
     hooks, n_rows, row_inputs = hooks or GenerationHooks(), len(rows), dict(row_inputs or {})
     if cache == 'compiled': rows, schedules, row_inputs = _padded_batch(list(rows), list(schedules), row_inputs, pad_token_id)
     module = hooks.decoder(model)
@@ -303,8 +308,7 @@ class BatchDecoder:
         if eos_token_id is None: eos_token_id = generation_default(model, 'eos_token_id')
         if pad_token_id is None: pad_token_id = generation_default(model, 'pad_token_id')
         if pad_token_id is None: pad_token_id = (_ids(eos_token_id) or [0])[0]  # transformers' fallback: the (first) eos id
-        if cache not in CACHES: raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
-        self.model, self.hooks, self.pad_token_id, self.cache = model, hooks or GenerationHooks(), int(pad_token_id), cache
+        self.model, self.hooks, self.pad_token_id, self.cache = model, hooks or GenerationHooks(), int(pad_token_id), check_cache(cache)
         self.rows = prompt_rows(input_ids, attention_mask, self.pad_token_id)
         self.row_inputs, self.inputs = split_inputs(inputs, input_ids, attention_mask, self.pad_token_id)
         if schedules is None:
