@@ -29,7 +29,7 @@ def test_the_api_streams_json_lines(served):
     assert e.value.code == 400 and 'not JSON' in e.value.read().decode()
 
 def test_upload_submit_and_see_the_answer_and_the_drawn_image(served, browser, tmp_path):
-    from vlmkit.demo import png_data_url
+    from vlmkit.demo import page_image
     from vlmkit.images import synthetic_image
     app, base = served
     img, _ = synthetic_image(3, (320, 240))
@@ -46,7 +46,7 @@ def test_upload_submit_and_see_the_answer_and_the_drawn_image(served, browser, t
                 error: document.getElementById('error').textContent, drawn: !d.hidden && d.naturalWidth, trajectory:
                 document.getElementById('trajectory').textContent}; })()""")
     assert shown['error'] == '' and shown['drawn'] == 320, shown
-    expected = list(app.respond({'prompt': 'Where is the circle?', 'image': png_data_url(img), 'thinking': 'default'}))[-1]['reply']
+    expected = list(app.respond({'prompt': 'Where is the circle?', 'image': page_image(img), 'thinking': 'default'}))[-1]['reply']
     assert shown['answer'] == expected['answer'] and shown['boxes'], (shown, expected['answer'])
     assert shown['trajectory'] == '(no tool call)'
 

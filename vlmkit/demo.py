@@ -5,25 +5,25 @@ set its budget, and see the thinking, the answer, its boxes drawn, and crop-tool
 
 # %% ../nbs/76_demo.ipynb #2281cddb
 from __future__ import annotations
-import base64, binascii, html, io, json, os, sys, tempfile, threading, traceback
+import base64, binascii, html, json, os, sys, tempfile, threading, traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from .chat import ChatReply, chat
 from .conversation import ImageRef, Text, ToolCall, ToolResult
 from .family import family_of
+from .images import ImageLoadError, open_image, png_data_uri
 
 # %% auto #0
-__all__ = ['DEMO_PAGE', 'png_data_url', 'read_data_url', 'upload_image', 'trajectory', 'reply_json', 'DemoApp', 'DemoHandler',
+__all__ = ['DEMO_PAGE', 'page_image', 'read_data_url', 'upload_image', 'trajectory', 'reply_json', 'DemoApp', 'DemoHandler',
            'serve']
 
 # %% ../nbs/76_demo.ipynb #111d064f
-def png_data_url(img:Image.Image, max_side:int|None=None) -> str:
-    "`img` as a `data:image/png;base64,...` URL (shrunk to `max_side` first, where given): what the page shows."
+def page_image(img:Image.Image, max_side:int|None=None) -> str:
+    "`img` as the page shows it: a PNG data URI (`vlmkit.images.png_data_uri`), shrunk to `max_side` first where given."
     if max_side and max(img.size) > max_side:
         img = img.copy(); img.thumbnail((max_side, max_side))
-    buf = io.BytesIO(); img.convert('RGB').save(buf, format='PNG')
-    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+    return png_data_uri(img)
 
 def read_data_url(url:str, field:str) -> tuple[bytes, str]:
     "`(bytes, mime type)` of a `data:` URL sent by the page; a `ValueError` naming `field` where it is none."
@@ -34,13 +34,11 @@ def read_data_url(url:str, field:str) -> tuple[bytes, str]:
     except binascii.Error as e: raise ValueError(f"{field}: the data URL is not valid base64 ({e})") from None
 
 def upload_image(url:str, name:str='image') -> Image.Image:
-    "The uploaded image of a data URL; a `ValueError` naming the upload where it is not an image PIL can read."
-    data, mime = read_data_url(url, name)
-    try:
-        img = Image.open(io.BytesIO(data)); img.load()
-        return img
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{name}: not an image Pillow can read ({mime or 'unknown type'}, {len(data)} bytes): {e}") from None
+    "The uploaded image of a data URL, decoded as vlmkit opens any image (`vlmkit.images.open_image`); an `ImageLoadError` naming the upload otherwise."
+    data, _ = read_data_url(url, name)
+    try: return open_image(data)
+    except ImageLoadError as e: raise ImageLoadError(name, e.reason) from None
+
 
 # %% ../nbs/76_demo.ipynb #ea065baf
 def trajectory(reply:ChatReply, max_side:int=384) -> list[dict]:
@@ -52,13 +50,13 @@ def trajectory(reply:ChatReply, max_side:int=384) -> list[dict]:
         elif isinstance(p, ToolCall): steps.append(dict(kind='call', text=p.text or f"{p.name} {json.dumps(p.arguments)}"))
         elif isinstance(p, ToolResult):
             for q in p.content:
-                if isinstance(q, ImageRef): steps.append(dict(kind='image', src=png_data_url(q.load(reply.root), max_side)))
+                if isinstance(q, ImageRef): steps.append(dict(kind='image', src=page_image(q.load(reply.root), max_side)))
                 elif isinstance(q, Text): steps.append(dict(kind='result', text=q.text, error=p.error))
     return steps
 
 def reply_json(reply:ChatReply, max_side:int=768) -> dict:
     "What the page shows of a `ChatReply`: thinking, answer, boxes (original pixels), the image with them drawn, the trajectory."
-    drawn = png_data_url(reply.draw(), max_side) if reply.image is not None else None
+    drawn = page_image(reply.draw(), max_side) if reply.image is not None else None
     return dict(text=reply.text, thinking=reply.thinking, answer=reply.answer, boxes=[[round(float(v), 1) for v in b] for b in reply.boxes],
                 finished=reply.finished, drawn=drawn, trajectory=trajectory(reply), crops=len(reply.crops))
 
