@@ -8,7 +8,7 @@ import json, os, re, sys
 from collections import Counter
 from pathlib import Path
 from .boxes import box_iou
-from .data import canonical_image_id
+from .data import canonical_image_id, done_records
 from .refcoco import eval_image_ids, load_refcoco, read_refs_pickle, refs_file
 from .teachers import Teacher, TeacherError, TeacherPrompt
 from .tools import RESEARCH_CROP_SYSTEM, ToolError, crop_box, croptool_conversation
@@ -30,7 +30,6 @@ def run_stage(step, records:list, out, batch_size:int=16, name:str='') -> tuple[
     """(records of `out` for `records`' ids, failures of this run): `step(batch) -> (records, failures)` applied to the
     records not yet in `out`, `batch_size` at a time, each batch appended and flushed."""
     out = Path(out)
-    from vlmkit.infer import done_records   # here, not at the top: importing vlmkit.infer loads torch and the families
     out.parent.mkdir(parents=True, exist_ok=True)
     done, failed = done_records(out), []
     todo = [r for r in records if r['id'] not in done]
@@ -416,7 +415,6 @@ def read_stage(out, stage:str) -> list[dict]:
     "The records of `stage`'s file in `out` (a `FileNotFoundError` naming the stage to run first)."
     p = Path(out)/_FILES[stage]
     if not p.is_file(): raise FileNotFoundError(f"{p}: run stage {stage} first")
-    from vlmkit.infer import done_records
     return list(done_records(p).values())
 
 def _write_json(path:Path, obj):

@@ -19,7 +19,7 @@ __all__ = ['PROBLEM_KINDS', 'CONTENT_KEYS', 'FORMATS', 'JSONL_SUFFIXES', 'Proble
            'Format', 'register_format', 'detect_format', 'read_ovis_qna', 'read_llava', 'read_vlmkit',
            'read_conversations', 'MixtureSource', 'Mixture', 'read_mixture', 'canonical_image_id', 'image_ids',
            'split_conversations', 'shared_images', 'DataStats', 'data_stats', 'TokenLengths', 'token_lengths',
-           'plot_token_lengths', 'write_conversations']
+           'plot_token_lengths', 'write_conversations', 'done_records']
 
 # %% ../nbs/40_data.ipynb #a070c6dd
 PROBLEM_KINDS = {'file': 'the file cannot be read', 'json': 'a record is not JSON (a truncated or broken line)',
@@ -729,3 +729,17 @@ def write_conversations(convs, path, image_dir=None) -> Path:
             saved = Conversation.from_dict(c.to_dict(image_dir)) if image_dir is not None else c
             f.write(_relocated(saved, here).to_json() + '\n')
     return path
+
+# %% ../nbs/40_data.ipynb #9a42a875
+def done_records(out) -> dict:
+    "Records already in results file `out`, by id; a half-written last line (a run killed while writing) is cut off the file."
+    out = Path(out)
+    if not out.exists(): return {}
+    data = out.read_bytes()
+    if not data.endswith(b'\n'): out.write_bytes(data := data[:data.rfind(b'\n') + 1])
+    done = {}
+    for n, line in enumerate(data.decode().splitlines(), 1):
+        try: rec = json.loads(line); done[rec['id']] = rec
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise ValueError(f"{out}:{n}: not a results record; delete that line (or the file) and rerun to redo it") from None
+    return done

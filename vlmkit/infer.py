@@ -9,12 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 from .chat import ChatReply, chat
 from .conversation import Conversation
-from .data import read_conversations
+from .data import done_records, read_conversations
 from .family import family_of
 
 # %% auto #0
-__all__ = ['record_id', 'inference_prompt', 'read_inference_data', 'done_records', 'result_record', 'infer_batch', 'infer',
-           'load_for_inference']
+__all__ = ['record_id', 'inference_prompt', 'read_inference_data', 'result_record', 'infer_batch', 'infer', 'load_for_inference']
 
 # %% ../nbs/72_infer.ipynb #1c67de35
 def record_id(conv:Conversation):
@@ -45,19 +44,6 @@ def read_inference_data(path, image_root=None) -> list[tuple]:
     return [t[1:] for t in items]
 
 # %% ../nbs/72_infer.ipynb #b4f59b1d
-def done_records(out) -> dict:
-    "Records already in results file `out`, by id; a half-written last line (a run killed while writing) is cut off the file."
-    out = Path(out)
-    if not out.exists(): return {}
-    data = out.read_bytes()
-    if not data.endswith(b'\n'): out.write_bytes(data := data[:data.rfind(b'\n') + 1])
-    done = {}
-    for n, line in enumerate(data.decode().splitlines(), 1):
-        try: rec = json.loads(line); done[rec['id']] = rec
-        except (json.JSONDecodeError, TypeError, KeyError):
-            raise ValueError(f"{out}:{n}: not a results record; delete that line (or the file) and rerun to redo it") from None
-    return done
-
 def result_record(id, reply:ChatReply|None=None, error:str|None=None) -> dict:
     "One line of a results file: the id, the reply's text, answer, boxes (pixel xyxy of the first image) and thinking, or the error."
     if reply is None: return dict(id=id, text=None, answer=None, boxes=None, thinking=None, error=error)
