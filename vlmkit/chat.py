@@ -8,11 +8,10 @@ import inspect, io
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
-import torch
 from PIL import Image
 from .boxes import Parsed, draw_parsed, parse_boxes
 from .conversation import Conversation, ImageRef, Text, ToolCall, ToolResult, Turn, VideoRef
-from .family import Family, Rendered, family_of
+from .family import Family, Rendered, family_of, model_dtype
 from .generation import IncrementalDecoder, split_thinking
 from .tools import Tools, default_tools
 from .video import sample_frames
@@ -92,9 +91,6 @@ def check_context(n_prompt:int, max_new_tokens:int, limit:int|None, where:str=''
                      f"exceed the model's context of {limit} (max_position_embeddings of its text config); lower max_new_tokens to {limit - n_prompt}")
 
 # %% ../nbs/71_chat.ipynb #140be004
-def _model_dtype(model) -> torch.dtype:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
 def _render_kwargs(fam:Family, thinking) -> dict:
     "`thinking=` for the family's render where it has that switch; None leaves the family's default."
     if thinking is None: return {}
@@ -107,8 +103,7 @@ def render_prompt(fam:Family, processor, conv:Conversation, model=None, thinking
     check_files(conv, root, where)
     r = fam.render(conv, processor, root=root, **_render_kwargs(fam, thinking))
     if model is None: return r
-    dtype = _model_dtype(model)
-    return replace(r, visual={k: v.to(dtype) if v.is_floating_point() else v for k, v in r.visual.items()})
+    return r.visual_as(model_dtype(model))
 
 # %% ../nbs/71_chat.ipynb #f501acc3
 def budget_kwargs(fam:Family, processor, budget, thinking, n_rows:int, max_new_tokens:int) -> dict:

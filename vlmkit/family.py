@@ -18,8 +18,8 @@ from .packing import pack_rows
 
 # %% auto #0
 __all__ = ['FAMILY_SOURCES', 'FAMILIES', 'Layout', 'ChatFormat', 'tool_call_text', 'Piece', 'check_reserved', 'chat_pieces',
-           'Span', 'tokenize_pieces', 'Rendered', 'pad_batch', 'concat_visual', 'pack_rendered', 'Family', 'Registry',
-           'family_of']
+           'Span', 'tokenize_pieces', 'Rendered', 'model_dtype', 'pad_batch', 'concat_visual', 'pack_rendered',
+           'Family', 'Registry', 'family_of']
 
 # %% ../nbs/09b_family.ipynb #3765fea4
 @dataclass(frozen=True)
@@ -205,6 +205,15 @@ class Rendered:
         return replace(self, input_ids=self.input_ids[:n], labels=None if self.labels is None else self.labels[:n],
                        visual={k: v[:rows[k]] for k, v in self.visual.items() if rows.get(k)}, row={k: v[:n] for k, v in self.row.items()},
                        image_sizes=self.image_sizes[:n_images], resized_sizes=self.resized_sizes[:n_images], spans=kept)
+
+    def visual_as(self, dtype:torch.dtype) -> Rendered:
+        "This sample with its floating-point visual tensors in `dtype` (a model's: `model_dtype`); ids, grids and sizes as they are."
+        return replace(self, visual={k: v.to(dtype) if v.is_floating_point() else v for k, v in self.visual.items()})
+
+def model_dtype(model) -> torch.dtype:
+    "The dtype of `model`'s first floating-point parameter (float32 where it has none): the dtype its visual inputs take."
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
 
 # %% ../nbs/09b_family.ipynb #13345dac
 def pad_batch(rendered:list[Rendered], pad_token_id:int) -> dict:

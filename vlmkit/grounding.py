@@ -6,12 +6,11 @@
 from __future__ import annotations
 import json
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 import torch
 from .boxes import Rejected, box_iou, convert_boxes, get_syntax, parse_boxes
 from .conversation import Conversation, ImageRef, Turn
-from .family import FAMILIES, family_of
+from .family import FAMILIES, family_of, model_dtype
 from .generation import split_thinking
 from .images import ImageLoadError
 from .refcoco import SPLITS, Ref
@@ -74,9 +73,6 @@ def _decode(tokenizer, ids:torch.Tensor, stop_ids:set) -> str:
     end = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
     return tokenizer.decode(ids[:end], skip_special_tokens=False)
 
-def _model_dtype(model) -> torch.dtype:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
 def _about_image(e:BaseException) -> bool:
     "Whether `e` (or what caused it) is an image that could not be loaded."
     while e is not None:
@@ -88,11 +84,11 @@ def _render(fam, ref:Ref, processor, dtype, render_kwargs:dict):
     "`(Rendered, None)` of `ref`'s question (float visuals in the model's dtype), or `(None, error)`."
     try: r = fam.render(grounding_conversation(ref, fam), processor, **render_kwargs)
     except Exception as e: return None, (f"image: {e}" if _about_image(e) else f"render: {type(e).__name__}: {e}")
-    return replace(r, visual={k: v.to(dtype) if v.is_floating_point() else v for k, v in r.visual.items()}), None
+    return r.visual_as(dtype), None
 
 def _evaluate_batch(model, processor, fam, refs:list, max_new_tokens:int, render_kwargs:dict, generate_kwargs:dict) -> list[dict]:
     recs, ready = {}, []
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     for ref in refs:
         r, err = _render(fam, ref, processor, dtype, render_kwargs)
         if err: recs[ref.id] = grounding_record(ref, fam.name, error=err)
