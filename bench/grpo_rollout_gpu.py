@@ -23,22 +23,18 @@ Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in 
     python bench/grpo_rollout_gpu.py --parts rollout --families qwen2_5_vl --caches dynamic,compiled
     python bench/grpo_rollout_gpu.py --tiny                              # CPU, seconds: the same code paths, tiny models
 """
-import argparse, gc, json, sys, tempfile, time, traceback, warnings
+import argparse, json, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 import torch
 warnings.filterwarnings('ignore', category=FutureWarning)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_gpu import FAMILY_LABELS, QWEN3_1_7B, build   # one definition of each released shape, shared with the SFT benchmark
+from sft_gpu import FAMILY_LABELS, QWEN3_1_7B, build, release   # one definition of each released shape, shared with the SFT benchmark
 
 TINY_LLM = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=True)
 
 def sync():
     if torch.cuda.is_available(): torch.cuda.synchronize()
-
-def release():
-    gc.collect()
-    if torch.cuda.is_available(): torch.cuda.empty_cache()
 
 def timed(fn):
     "(result, seconds) of `fn()`, CUDA synchronised on both sides."
