@@ -11,9 +11,10 @@ from torch.utils.checkpoint import create_selective_checkpoint_contexts
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['BACKENDS', 'VARLEN_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
+__all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
            'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
-           'varlen_attention_forward', 'register_varlen_attention', 'attention_kernels', 'keep_attention_context']
+           'varlen_attention_forward', 'register_varlen_attention', 'gqa_sdpa_attention_forward',
+           'register_decode_attention', 'attention_kernels', 'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -216,9 +217,8 @@ def _varlen_mask(*args, **kw):
 
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None, **kwargs):
     "transformers attention function: `query` `[B, H, L, D]` -> `([B, L, H, D], None)` with per-sample attention."
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    if attention_mask is not None or query.shape[2] != key.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if attention_mask is not None or query.shape[2] != key.shape[2]:   # padded batches and KV-cache steps
+        return gqa_sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if dropout: raise ValueError(f"vlmkit_varlen does not implement attention dropout (got {dropout})")
     B, H, L, D = query.shape
     cu, max_len = kwargs.get('cu_seq_lens_q'), kwargs.get('max_length_q')
@@ -237,6 +237,29 @@ def register_varlen_attention():
     AttentionInterface.register(VARLEN_IMPL, varlen_attention_forward)
     AttentionMaskInterface.register(VARLEN_IMPL, _varlen_mask)
     return VARLEN_IMPL
+
+# %% ../nbs/04_attention.ipynb #811dd3da
+DECODE_IMPL = 'vlmkit_sdpa'
+
+def gqa_sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    "transformers' SDPA attention function, with a one-token query `[B, H, 1, D]` attending on the `H_kv` key/value heads (no copy of the cache)."
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    B, H, L, D = query.shape
+    kv_heads = key.shape[1]
+    shared_mask = attention_mask is None or attention_mask.shape[1] == 1   # one mask for all heads (what transformers builds)
+    if L != 1 or H == kv_heads or dropout or not shared_mask or kwargs.get('s_aux') is not None or kwargs.get('softcap'):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    q = query.reshape(B, kv_heads, H // kv_heads, D)                     # query heads grouped by the key/value head they read
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(B, H, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+def register_decode_attention():
+    "Register `vlmkit_sdpa` with transformers' attention and mask interfaces (idempotent; SDPA's masks); returns its name."
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(DECODE_IMPL, gqa_sdpa_attention_forward)
+    AttentionMaskInterface.register(DECODE_IMPL, sdpa_mask)
+    return DECODE_IMPL
 
 # %% ../nbs/04_attention.ipynb #5487cc48
 _ATTENTION_KERNELS = ('aten::_scaled_dot_product_flash_attention', 'aten::_scaled_dot_product_flash_attention_for_cpu',

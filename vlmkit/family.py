@@ -6,6 +6,8 @@
 from __future__ import annotations
 import importlib, json
 from collections.abc import Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -18,8 +20,8 @@ from .packing import pack_rows
 
 # %% auto #0
 __all__ = ['FAMILY_SOURCES', 'FAMILIES', 'Layout', 'ChatFormat', 'tool_call_text', 'Piece', 'check_reserved', 'chat_pieces',
-           'Span', 'tokenize_pieces', 'Rendered', 'model_dtype', 'pad_batch', 'concat_visual', 'pack_rendered',
-           'Family', 'Registry', 'family_of']
+           'Span', 'tokenize_pieces', 'reuse_visuals', 'preprocess_image', 'Rendered', 'model_dtype', 'pad_batch',
+           'concat_visual', 'pack_rendered', 'Family', 'Registry', 'family_of']
 
 # %% ../nbs/09b_family.ipynb #3765fea4
 @dataclass(frozen=True)
@@ -171,6 +173,27 @@ def tokenize_pieces(tokenizer, pieces:list[Piece], visual_ids:Callable, spans:li
             chunk += p.text
     flush()
     return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+
+# %% ../nbs/09b_family.ipynb #743082f7
+_VISUAL_MEMO = ContextVar('vlmkit_visual_memo', default=None)   # {key: (what keeps the key's objects alive, result)}
+
+@contextmanager
+def reuse_visuals():
+    "Inside, `preprocess_image` loads and preprocesses each image once (its results shared: never change them in place)."
+    if _VISUAL_MEMO.get() is not None: yield; return          # an outer block's memo serves
+    token = _VISUAL_MEMO.set({})
+    try: yield
+    finally: _VISUAL_MEMO.reset(token)
+
+def preprocess_image(place, root, fn:Callable, processor) -> tuple:
+    "`((width, height), fn(processor, image))` of the image at `place` (a `Placed` image, relative paths against `root`)."
+    memo, ref = _VISUAL_MEMO.get(), place.item
+    key = (ref.src if isinstance(ref.src, str) else id(ref.src), ref.region, str(root), fn, id(processor))
+    if memo is not None and key in memo: return memo[key][1]
+    img = place.load(root)
+    out = (img.size, fn(processor, img))
+    if memo is not None: memo[key] = ((ref.src, processor), out)
+    return out
 
 # %% ../nbs/09b_family.ipynb #5322060f
 @dataclass

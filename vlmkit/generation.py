@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 import torch
 from transformers import DynamicCache, StaticCache
+from .attention import register_decode_attention
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 
@@ -224,8 +225,11 @@ def static_cache(module, rows:int, size:int) -> tuple[StaticCache, int]:
     return pool[key][1], size
 
 def compiled_step(module):
-    "`module` through `torch.compile(mode='reduce-overhead')` (CUDA graphs on a GPU), compiled once per module and kept on it."
+    """`module` through `torch.compile(mode='reduce-overhead')` (CUDA graphs on a GPU), compiled once per module and kept on it;
+    its text decoder's SDPA becomes `vlmkit_sdpa`: the same attention, without the copy of the cache a compiled SDPA makes."""
     if '_vlmkit_compiled_step' not in module.__dict__:
+        text = module.config.get_text_config(decoder=True)
+        if text._attn_implementation == 'sdpa': text._attn_implementation = register_decode_attention()
         module.__dict__['_vlmkit_compiled_step'] = torch.compile(module, mode='reduce-overhead')
     return module.__dict__['_vlmkit_compiled_step']
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
 from .conversation import Conversation, ImageRef, Text, ToolResult
-from .family import Family, Rendered, concat_visual, family_of
+from .family import Family, Rendered, concat_visual, family_of, reuse_visuals
 from .generation import GenerationHooks, RowSchedule, decode_steps, token_picker
 from .tools import TOOL_CALL_CLOSE, Tools, answer_pending, default_tools, with_generated
 
@@ -46,7 +46,10 @@ def logprob_picker(do_sample:bool=True, temperature:float=1.0, top_k:int|None=No
     each step's `log_softmax(logits / temperature)`, the policy's own distribution, in `last['logprobs']`."""
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     banned = sorted(set(banned))
-    def ban(ids, scores): scores[:, banned] = float('-inf'); return scores
+    index = {}                                                  # device -> the banned ids there, made once
+    def ban(ids, scores):
+        if scores.device not in index: index[scores.device] = torch.tensor(banned, dtype=torch.long, device=scores.device)
+        return scores.index_fill_(1, index[scores.device], float('-inf'))
     procs = list(logits_processor or []) + ([ban] if banned else [])
     pick, last = token_picker(do_sample, temperature, top_k, top_p, procs, generator), {}
     def pick_and_keep(generated:torch.Tensor, logits:torch.Tensor) -> torch.Tensor:
@@ -124,9 +127,11 @@ def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:
     schedules = [RowSchedule(max_new_tokens - r.n_generated, stop_ids | ({close_id} if close_id is not None else set())) for r in rows]
     inputs, row_inputs = concat_visual(prompts), {k: [p.row[k] for p in prompts] for k in prompts[0].row}
     for tokens, live in decode_steps(model, [p.input_ids for p in prompts], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id, cache):
+        lps = last['logprobs'][:len(tokens)].gather(1, tokens[:, None].to(last['logprobs'].device))[:, 0]
+        tokens, lps = tokens.tolist(), lps.tolist()                # one copy to the host a step, not one per row
         for i in live.nonzero()[:, 0].tolist():
-            seg, t = rows[i].segments[-1], int(tokens[i])
-            seg.tokens.append(t); seg.logprobs.append(float(last['logprobs'][i, t]))
+            seg = rows[i].segments[-1]
+            seg.tokens.append(tokens[i]); seg.logprobs.append(lps[i])
             if close_id is None and tok.decode(seg.tokens[-8:]).endswith(TOOL_CALL_CLOSE): schedules[i].done = True
 
 # %% ../nbs/55_rollout.ipynb #5f18fd51
@@ -188,16 +193,17 @@ def rollout(model, processor, prompts:list[Conversation], group_size:int=8, fami
     pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else min(stop_ids)
     banned = [i for t in fam.chat.reserved for i in [tok.convert_tokens_to_ids(t)] if isinstance(i, int) and i != tok.unk_token_id]
     pick, last = logprob_picker(do_sample, temperature, top_k, top_p, generator, banned, logits_processor)   # no row writes an image token
-    rendered = [fam.render(p, processor, root=root) for p in prompts]
-    rows = [RowState(i, p, r) for i, (p, r) in enumerate(zip(prompts, rendered)) for _ in range(group_size)]
     was_training = model.training
     model.eval()
     try:
-        while (live := [r for r in rows if not r.done]):
-            decode_round(model, fam, live, stop_ids, close_id, tok, pick, last, max_new_tokens, pad_token_id, cache)
-            for r in live: continue_row(r, fam, processor, tools, stop_ids, max_new_tokens, max_tool_calls, root)
+        with reuse_visuals():                # each image and crop preprocessed once, however often its row is rendered
+            rendered = [fam.render(p, processor, root=root) for p in prompts]
+            rows = [RowState(i, p, r) for i, (p, r) in enumerate(zip(prompts, rendered)) for _ in range(group_size)]
+            while (live := [r for r in rows if not r.done]):
+                decode_round(model, fam, live, stop_ids, close_id, tok, pick, last, max_new_tokens, pad_token_id, cache)
+                for r in live: continue_row(r, fam, processor, tools, stop_ids, max_new_tokens, max_tool_calls, root)
+            return [finish_row(r, fam, processor, root) for r in rows]
     finally: model.train(was_training)
-    return [finish_row(r, fam, processor, root) for r in rows]
 
 # %% ../nbs/55_rollout.ipynb #7f07a97c
 class ScriptedDecoder(nn.Module):

@@ -11,7 +11,8 @@ import torch
 from ..attention import register_varlen_attention
 from ..boxes import BoxSyntax
 from ..conversation import Conversation, ConversationError, ImageRef, VideoRef
-from ..family import (ChatFormat, Family, Layout, Piece, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces)
+from ..family import (ChatFormat, Family, Layout, Piece, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch,
+                           preprocess_image, tokenize_pieces)
 from ..images import ImageLoadError
 from ..packing import packed_attention_kwargs
 from .prompt import IMG_CONTEXT, IMG_END, IMG_START, hf_processor
@@ -75,10 +76,9 @@ def render_internvl(conv:Conversation, processor, training:bool=False, root=None
         if p.visual is None: pieces.append(p); continue
         try:
             if isinstance(p.visual, ImageRef):
-                image = places[len(pixels)].load(root)
-                pv, canvas = internvl_image_tiles(processor, image)
+                size, (pv, canvas) = preprocess_image(places[len(pixels)], root, internvl_image_tiles, processor)
                 pieces.append(p); span_ids.append(internvl_image_ids(processor, len(pv))); rows.append(len(pv))
-                sizes.append(image.size); canvases.append(canvas)
+                sizes.append(size); canvases.append(canvas)
             else:
                 pv = internvl_video_frames(processor, p.visual, root)
                 for f in range(len(pv)):   # 'Frame1: <img>..</img>\nFrame2: ...', then the template's '\n'

@@ -11,7 +11,7 @@ from ..attention import VARLEN_IMPL, register_varlen_attention
 from ..boxes import BoxSyntax
 from ..conversation import Conversation, ConversationError, Placed, VideoRef
 from ..family import (ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch,
-    tokenize_pieces)
+                           preprocess_image, tokenize_pieces)
 from .generation import OVIS_HOOKS, early_stopping_ids
 from .modeling import Ovis2_5ForConditionalGeneration, tiny_ovis25_config
 from .preprocessing import (INDICATOR_IDS, OVIS_CHAT_TEMPLATE, PATCH_SIZE, VISUAL_ATOM_ID, OvisProcessor,
@@ -20,8 +20,8 @@ from ..testing import tiny_tokenizer
 
 # %% auto #0
 __all__ = ['OVIS_CHAT', 'OVIS_LAYOUT', 'TINY_MIN_PIXELS', 'TINY_MAX_PIXELS', 'OVIS_BOXES', 'OVIS2_5', 'ovis_visual_ids',
-           'show_ids', 'visual_places', 'load_visual', 'render_ovis', 'collate_ovis', 'load_ovis', 'tiny_ovis',
-           'enable_ovis_packing', 'ovis_grounding_prompt', 'ovis_generation_kwargs']
+           'show_ids', 'visual_places', 'ovis_image_inputs', 'load_visual', 'render_ovis', 'collate_ovis', 'load_ovis',
+           'tiny_ovis', 'enable_ovis_packing', 'ovis_grounding_prompt', 'ovis_generation_kwargs']
 
 # %% ../../nbs/14_ovis_family.ipynb #8125c578
 OVIS_CHAT = ChatFormat(item_sep='\n', no_thinking='<think>\n\n</think>\n\n')
@@ -63,12 +63,16 @@ def _frames(ref:VideoRef, root=None) -> list[Image.Image]:
                          "PIL images of vlmkit.video.sample_frames) and give VideoRef([frame, ...])")
     return ref.source(root)
 
+def ovis_image_inputs(processor:OvisProcessor, image) -> tuple[torch.Tensor, torch.Tensor]:
+    "`(pixel_values [P, 768] float32, grid_thw [1, 3])` of one PIL image."
+    return processor.preprocess(image=image)
+
 def load_visual(p:Placed, processor:OvisProcessor, root=None) -> tuple[torch.Tensor, torch.Tensor, tuple|None]:
     "`(pixel_values [P, 768] float32, grid_thw [1, 3], (width, height) of the image or None for a video)` of the visual at `p`."
     try:
         if isinstance(p.item, VideoRef): return (*processor.preprocess(video=_frames(p.item, root)), None)
-        img = p.load(root)
-        return (*processor.preprocess(image=img), img.size)
+        size, (pv, grid) = preprocess_image(p, root, ovis_image_inputs, processor)
+        return pv, grid, size
     except ConversationError: raise
     except ValueError as e: raise p.error(str(e)) from e
 

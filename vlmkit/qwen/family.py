@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import torch
 from ..boxes import BoxSyntax, resized_size_from_grid
 from ..conversation import Conversation, ImageRef, VideoRef
-from ..family import ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch, tokenize_pieces
+from ..family import (ChatFormat, Family, Layout, Rendered, chat_pieces, concat_visual, pack_rendered, pad_batch,
+                           preprocess_image, tokenize_pieces)
 from ..generation import ROPE_INDEX_HOOKS
 from .packing import enable_packing, rope_positions
 from .processing import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, image_token_counts, load_qwen, qwen_processor, tiny_qwen
@@ -107,9 +108,8 @@ def render_qwen(conv:Conversation, processor, training:bool=False, root=None, to
     def visual_ids(i:int, ref) -> list[int]:
         place = places[i]
         if isinstance(ref, ImageRef):
-            img = place.load(root)
-            x = qwen_image_inputs(processor, img)
-            images.append(x); rows.append(x); sizes.append(img.size); resized.append(resized_size_from_grid(x['image_grid_thw'][0], ip.patch_size))
+            size, x = preprocess_image(place, root, qwen_image_inputs, processor)
+            images.append(x); rows.append(x); sizes.append(size); resized.append(resized_size_from_grid(x['image_grid_thw'][0], ip.patch_size))
             return qwen_visual_ids(tok, IMAGE_PAD, image_token_counts(x['image_grid_thw'], ip.merge_size)[0])
         try: x = qwen_video_inputs(processor, ref, root)
         except Exception as e: raise place.error(str(e)) from e
