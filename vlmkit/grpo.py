@@ -140,7 +140,7 @@ def linear_logprobs(hidden:torch.Tensor, weight:torch.Tensor, targets:torch.Tens
         raise ValueError(f"hidden must be [N, D] and targets [N]; got hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)}")
     if len(targets) and (targets.min() < 0 or targets.max() >= weight.shape[0]):
         raise ValueError(f"target ids must lie in the vocabulary [0, {weight.shape[0]})")
-    return _LinearLogProbs.apply(hidden, weight, targets, chunk_size, temperature)
+    return _LinearLogProbs.apply(hidden.to(weight.dtype), weight, targets, chunk_size, temperature)   # as lm_head takes it
 
 def labelled_logprobs(hidden:torch.Tensor, labels:torch.Tensor, lm_head, temperature:float=1.0, chunk_size:int=1024) -> torch.Tensor:
     "Log-probs `[K]` of the `K` labelled tokens of `labels` (not -100), in order, each predicted from the hidden state before it."

@@ -68,14 +68,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
 # %% ../nbs/50_loss.ipynb #785e038e
 def linear_cross_entropy(hidden:torch.Tensor, weight:torch.Tensor, targets:torch.Tensor, chunk_size:int=256,
                          ignore_index:int=-100) -> torch.Tensor:
-    "Mean cross-entropy of `hidden @ weight.T` (`[N, D] @ [D, V]`) against `targets` `[N]`, never holding `[N, V]` fp32 logits."
+    """Mean cross-entropy of `hidden @ weight.T` (`[N, D] @ [D, V]`) against `targets` `[N]`, never holding `[N, V]` fp32 logits.
+    `hidden` is taken in the weight's dtype, as the model's `lm_head` takes it (a mixed-precision wrapper hands float32 to the loss)."""
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be [N, D] and targets [N]; got hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)}")
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight {tuple(weight.shape)} does not match hidden size {hidden.shape[1]}")
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= weight.shape[0]))
     if bad.any(): raise ValueError(f"target id {int(targets[bad][0])} outside the vocabulary [0, {weight.shape[0]})")
-    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, ignore_index)
+    return _LinearCrossEntropy.apply(hidden.to(weight.dtype), weight, targets, chunk_size, ignore_index)
 
 # %% ../nbs/50_loss.ipynb #ffdbfbbc
 @contextmanager
