@@ -44,6 +44,22 @@ def timed(fn):
 
 # ---- part 1: the plain-generate reference on an LLM ----
 
+def greedy_dtypes(args) -> list:
+    "The dtypes of the greedy checks: the run's own, then float32, where random weights leave no ties that rounding breaks."
+    return list(dict.fromkeys([torch.get_default_dtype(), torch.float32])) if args.greedy_fp32 else [torch.get_default_dtype()]
+
+def dtype_name(dtype) -> str: return str(dtype).removeprefix('torch.')
+
+def agreement(ours, reference) -> tuple[int, int|None]:
+    "(rows identical, the median token index of the first difference among the rows that differ, or None)."
+    ours, reference = [torch.as_tensor(o).reshape(-1) for o in ours], [torch.as_tensor(r).reshape(-1) for r in reference]
+    firsts = []
+    for o, r in zip(ours, reference):
+        n = min(len(o), len(r))
+        diff = (o[:n].cpu() != r[:n].cpu()).nonzero()
+        if len(diff) or len(o) != len(r): firsts.append(int(diff[0]) if len(diff) else n)
+    return len(ours) - len(firsts), (sorted(firsts)[len(firsts) // 2] if firsts else None)
+
 def reference_llm(tiny, device):
     from transformers import Qwen3Config, Qwen3ForCausalLM
     torch.manual_seed(0)
@@ -73,14 +89,18 @@ def part_reference(args, device):
         row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
         row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
         row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
-        greedy = plain_generate(model, rows, n, do_sample=False)
+        kw = lambda cache: dict(max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache)
         for cache in args.caches:
-            kw = dict(max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache)
             row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache', len(rows),
-                lambda: generate(model, list(rows), do_sample=True, temperature=1.0, top_k=None, **kw))
-            same = (generate(model, list(rows), **kw) == greedy).all(1).sum().item()
-            out[-1]['same_greedy'] = same
-            print(f"    greedy rows identical to transformers': {same} of {len(rows)}", flush=True)
+                lambda: generate(model, list(rows), do_sample=True, temperature=1.0, top_k=None, **kw(cache)))
+        for dtype in greedy_dtypes(args):          # greedy rows against transformers' greedy generate of the same batch
+            model.to(dtype)
+            greedy = plain_generate(model, rows, n, do_sample=False)
+            for r, cache in zip(out[-len(args.caches):], args.caches):
+                ours = generate(model, list(rows), **kw(cache))
+                r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(ours, greedy)
+                print(f"    {cache} cache, {dtype_name(dtype)}: greedy rows identical to transformers': "
+                      f"{r[f'same_greedy_{dtype_name(dtype)}']} of {len(rows)} (median first difference at token {r[f'diverge_{dtype_name(dtype)}']})", flush=True)
     del model; release()
     return out
 
@@ -124,16 +144,23 @@ def part_rollout(name, args, device):
             one_rollout(model, proc, fam, prompts, args, cache)                          # warm-up (compiles)
             rolls, secs = timed(lambda: one_rollout(model, proc, fam, prompts, args, cache))
             tokens, tools = sum(r.n_generated for r in rolls), sum(r.tool_seconds for r in rolls)
-            texts[cache] = [r.text for r in one_rollout(model, proc, fam, prompts, args, cache, do_sample=False)]
             rows.append(dict(cache=cache, rollouts=len(rolls), tokens=tokens, crops=sum(r.tool_calls - r.tool_errors for r in rolls),
-                             secs=secs, tool_secs=tools, tok_s=tokens / secs,
-                             same_greedy=sum(a == b for a, b in zip(texts[cache], texts[args.caches[0]]))))
+                             secs=secs, tool_secs=tools, tok_s=tokens / secs))
             print(f"  {cache}: {len(rolls)} rollouts, {tokens} new tokens, {rows[-1]['crops']} crops in {secs:.2f} s "
                   f"(tools {tools:.2f} s) = {tokens / secs:.0f} new tokens/s", flush=True)
         except Exception as e:
             oom = isinstance(e, torch.OutOfMemoryError)
             if not oom: traceback.print_exc()
             rows.append(dict(cache=cache, error='OOM' if oom else f"{type(e).__name__}: {e}"[:160])); release()
+    for dtype in greedy_dtypes(args):          # greedy trajectories (ids) of each cache against the first cache's
+        model.to(dtype)
+        for r in rows:
+            if 'error' in r: continue
+            texts[r['cache']] = [x.rendered.input_ids for x in one_rollout(model, proc, fam, prompts, args, r['cache'], do_sample=False)]
+            r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(texts[r['cache']], texts[args.caches[0]])
+        print(f"  {dtype_name(dtype)}: greedy trajectories identical to the {args.caches[0]} cache's: " +
+              ', '.join(f"{r['cache']} {r[f'same_greedy_{dtype_name(dtype)}']} of {r['rollouts']}" for r in rows if 'error' not in r), flush=True)
+    model.to(torch.get_default_dtype())
     return dict(family=name, label=FAMILY_LABELS.get(name, name), rows=rows), (model, proc, fam, prompts)
 
 # ---- part 3: a GRPO step's time split ----
@@ -163,24 +190,32 @@ def part_step(built, args, cache, workdir):
 
 # ---- tables ----
 
+def same_cell(r:dict, dtype:str, count:str='rows') -> str:
+    "'k of n' greedy rows identical in `dtype`, with the median first differing token of the others."
+    if f'same_greedy_{dtype}' not in r: return ''
+    at = r.get(f'diverge_{dtype}')
+    return f"{r[f'same_greedy_{dtype}']} of {r[count]}" + (f" (others differ from token {at})" if at is not None else '')
+
 def tables(res, card, args):
     if res.get('reference'):
         ref4 = next((r for r in res['reference'] if r['mode'].startswith('transformers') and r['rows'] == args.prompts * args.group), None)
-        print(f"\n| LLM reference ({card}) | rows | time s | new tokens/s | vs 4 x G plain | greedy rows identical |")
-        print("|---|---|---|---|---|---|")
+        names = [dtype_name(d) for d in greedy_dtypes(args)]
+        print(f"\n| LLM reference ({card}) | rows | time s | new tokens/s | vs 4 x G plain | " + ' | '.join(f"greedy rows identical, {n}" for n in names) + " |")
+        print("|---|---|---|---|---|" + "---|" * len(names))
         for r in res['reference']:
-            same = f"{r['same_greedy']} of {r['rows']}" if 'same_greedy' in r else ''
-            print(f"| {r['mode']} | {r['rows']} | {r['secs']:.2f} | {r['tok_s']:.0f} | {r['tok_s'] / ref4['tok_s']:.2f}x | {same} |")
+            print(f"| {r['mode']} | {r['rows']} | {r['secs']:.2f} | {r['tok_s']:.0f} | {r['tok_s'] / ref4['tok_s']:.2f}x | " + ' | '.join(same_cell(r, n) for n in names) + " |")
     if res.get('rollout'):
         ref4 = next((r for r in res.get('reference') or [] if r['mode'].startswith('transformers') and r['rows'] == args.prompts * args.group), None)
-        print(f"\n| family ({card}) | cache | rollouts | new tokens | crops | time s | tools s | new tokens/s | vs 4 x G plain | greedy same as dynamic |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        names = [dtype_name(d) for d in greedy_dtypes(args)]
+        print(f"\n| family ({card}) | cache | rollouts | new tokens | crops | time s | tools s | new tokens/s | vs 4 x G plain | "
+              + ' | '.join(f"greedy same as {args.caches[0]}, {n}" for n in names) + " |")
+        print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(names))
         for f in res['rollout']:
             for r in f['rows']:
-                if 'error' in r: print(f"| {f['label']} | {r['cache']} | | | | | | {r['error']} | | |"); continue
+                if 'error' in r: print(f"| {f['label']} | {r['cache']} | | | | | | {r['error']} | |" + " |" * len(names)); continue
                 vs = f"{r['tok_s'] / ref4['tok_s']:.1f}x" if ref4 else '-'
                 print(f"| {f['label']} | {r['cache']} | {r['rollouts']} | {r['tokens']} | {r['crops']} | {r['secs']:.2f} | "
-                      f"{r['tool_secs']:.2f} | {r['tok_s']:.0f} | {vs} | {r['same_greedy']} of {r['rollouts']} |")
+                      f"{r['tool_secs']:.2f} | {r['tok_s']:.0f} | {vs} | " + ' | '.join(same_cell(r, n, 'rollouts') for n in names) + " |")
     if res.get('step'):
         print(f"\n| family ({card}) | cache | generation s | tools s | rewards s | reference s | training s |")
         print("|---|---|---|---|---|---|---|")
@@ -200,6 +235,8 @@ def main():
     ap.add_argument('--prompt-len', type=int, help='reference LLM prompt tokens (default 1024; --tiny: 16)')
     ap.add_argument('--call-at', type=int, help='the forced crop call starts after this many tokens (default 32; --tiny: 2)')
     ap.add_argument('--image-size', type=int, nargs=2, help='synthetic image width height (default 640 480; --tiny: 192 144)')
+    ap.add_argument('--no-greedy-fp32', dest='greedy_fp32', action='store_false',
+                    help='skip the greedy checks in float32 (the models cast to float32 after the timings)')
     ap.add_argument('--json', help='write the results here (after each part)')
     args = ap.parse_args()
     for k, full, tiny in [('prompts', 4, 2), ('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),
