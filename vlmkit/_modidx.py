@@ -561,7 +561,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'vlmkit.grounding._decode': ('grounding.html#_decode', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._evaluate_batch': ('grounding.html#_evaluate_batch', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._generated': ('grounding.html#_generated', 'vlmkit/grounding.py'),
-                                  'vlmkit.grounding._read_done': ('grounding.html#_read_done', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._render': ('grounding.html#_render', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._split_source': ('grounding.html#_split_source', 'vlmkit/grounding.py'),
                                   'vlmkit.grounding._summary': ('grounding.html#_summary', 'vlmkit/grounding.py'),

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from .boxes import Rejected, box_iou, convert_boxes, get_syntax, parse_boxes
 from .conversation import Conversation, ImageRef, Turn
+from .data import done_records
 from .family import FAMILIES, family_of, model_dtype
 from .generation import split_thinking
 from .images import ImageLoadError
@@ -57,16 +58,6 @@ def score_answer(ref:Ref, text:str, syntax, image_size=None, resized_size=None) 
     return grounding_record(ref, sx.name, text, box, why)
 
 # %% ../nbs/61_grounding.ipynb #38bd81cf
-def _read_done(out:Path) -> dict:
-    "Records already in `out` by id; unreadable lines (a write cut short) are dropped and the file rewritten without them."
-    done, lines, bad = {}, out.read_text().splitlines(), False
-    for line in lines:
-        try: rec = json.loads(line); done[rec['id']] = rec
-        except (json.JSONDecodeError, TypeError, KeyError): bad = True
-    if bad or (lines and not out.read_text().endswith('\n')):
-        out.write_text(''.join(json.dumps(r) + '\n' for r in done.values()))
-    return done
-
 def _decode(tokenizer, ids:torch.Tensor, stop_ids:set) -> str:
     "One generated row as text, up to (not including) its first stop id."
     ids = ids.tolist()
@@ -122,7 +113,7 @@ def evaluate_grounding(model, processor, refs, out=None, family=None, batch_size
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if not resume or not out.exists(): out.write_text('')
-    done = _read_done(out) if out is not None else {}
+    done = done_records(out) if out is not None else {}
     todo = list({r.id: r for r in refs if r.id not in done}.values())
     from tqdm.auto import tqdm
     bar = tqdm(total=len(refs), initial=len(refs) - len(todo), disable=not progress, desc=f'{fam.name} grounding', unit='ref')
