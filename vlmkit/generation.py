@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import Cache, DynamicCache, StaticCache
 from .attention import register_decode_attention
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
@@ -18,9 +18,9 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
 __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'KIND_COLORS', 'RowSchedule', 'per_row',
            'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs',
            'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'check_cache',
-           'cache_size', 'batch_bucket', 'static_cache', 'compiled_step', 'decode_steps', 'Generation', 'collect',
-           'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
-           'stream_generate', 'split_thinking']
+           'cache_size', 'batch_bucket', 'static_cache', 'compiled_step', 'share_prefill', 'decode_steps', 'Generation',
+           'collect', 'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
+           'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -182,6 +182,7 @@ class GenerationHooks:
     "What differs between families in decoding: the first forward's inputs of a batch, and the module that runs every forward."
     prefill: Callable = prefill_ids      # (model, ids [B, L], mask [B, L], inputs dict) -> kwargs with position_ids
     decoder: Callable = whole_model      # model -> the module stepped with `input_ids` and a KV cache
+    share_prompts: bool = True           # rows of one prompt may share its prefill (False: a decoder that follows rows from the prefill on)
 
 ROPE_INDEX_HOOKS = GenerationHooks(prefill=prefill_rope_index)
 
@@ -233,22 +234,28 @@ def compiled_step(module):
         module.__dict__['_vlmkit_compiled_step'] = torch.compile(module, mode='reduce-overhead')
     return module.__dict__['_vlmkit_compiled_step']
 
-def _padded_batch(rows, schedules, row_inputs, pad_token_id):
-    "The batch grown to `batch_bucket` rows by one-token rows that are finished before they start."
-    extra = batch_bucket(len(rows)) - len(rows)
-    rows = rows + [rows[0].new_full((1,), pad_token_id)] * extra
-    row_inputs = {k: v + [v[0].new_zeros(1)] * extra for k, v in row_inputs.items()}
-    return rows, schedules + [RowSchedule(0) for _ in range(extra)], row_inputs
+def share_prefill(prefilled:Cache, cache:Cache, prompt_of:torch.Tensor) -> Cache:
+    "`cache` holding, for row `i`, the keys and values `prefilled` holds for row `prompt_of[i]` (a prompt prefilled once for its rows)."
+    for i, layer in enumerate(prefilled.layers):
+        cache.update(layer.keys.index_select(0, prompt_of), layer.values.index_select(0, prompt_of), i)
+    return cache
 
 @torch.no_grad()
 def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pick, inputs:dict|None=None,
-                 row_inputs:dict|None=None, hooks:GenerationHooks|None=None, pad_token_id:int=0, cache:str='dynamic'):
+                 row_inputs:dict|None=None, hooks:GenerationHooks|None=None, pad_token_id:int=0, cache:str='dynamic',
+                 prompt_of:list[int]|None=None):
     """Decode all rows together with one KV cache; yield `(tokens [B], live [B] bool)` after every step. `cache`: 'dynamic'
     (grows each step), 'static' (preallocated, reused between calls) or 'compiled' (static, and every step after the prefill
-    runs through `compiled_step`)."""
+    runs through `compiled_step`). `prompt_of`: row `i` of the batch continues prompt `rows[prompt_of[i]]` (one schedule a
+    row); a prompt that several rows continue (a group of G completions) is prefilled once and its keys and values copied."""
     check_cache(cache)
-    hooks, n_rows, row_inputs = hooks or GenerationHooks(), len(rows), dict(row_inputs or {})
-    if cache == 'compiled': rows, schedules, row_inputs = _padded_batch(list(rows), list(schedules), row_inputs, pad_token_id)
+    hooks, row_inputs = hooks or GenerationHooks(), dict(row_inputs or {})
+    prompt_of = list(range(len(rows))) if prompt_of is None else list(prompt_of)
+    if len(prompt_of) != len(schedules): raise ValueError(f"{len(schedules)} schedules for {len(prompt_of)} rows")
+    n_rows = len(prompt_of)
+    if cache == 'compiled':   # the batch grown to `batch_bucket` rows by rows that are finished before they start
+        extra = batch_bucket(n_rows) - n_rows
+        prompt_of, schedules = prompt_of + [0] * extra, list(schedules) + [RowSchedule(0) for _ in range(extra)]
     module = hooks.decoder(model)
     device = _device(module)
     ids, mask = left_pad([r.to(device) for r in rows], pad_token_id)
@@ -256,28 +263,38 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     inputs |= {k: left_pad([r.to(device) for r in v], 0)[0] for k, v in row_inputs.items()}
     first = hooks.prefill(model, ids, mask, inputs)
     if first.get('position_ids') is None: raise ValueError(f"{hooks.prefill.__name__} returned no position_ids")
-    n_new = max(s.max_new_tokens for s in schedules)
-    if cache == 'dynamic': kv = DynamicCache(config=module.config.get_text_config(decoder=True))
+    shared = prompt_of != list(range(len(rows)))
+    index = torch.tensor(prompt_of, device=device)
+    n_new, text_config = max(s.max_new_tokens for s in schedules), module.config.get_text_config(decoder=True)
+    rows_mask = mask.index_select(0, index)
+    if cache == 'dynamic': kv = DynamicCache(config=text_config)
     else:
-        kv, size = static_cache(module, len(rows), cache_size(ids.shape[1] + n_new))
-        mask = torch.cat([mask, mask.new_zeros(len(rows), size - ids.shape[1])], 1)  # positions still to come are masked
-    kw = {_cache_kwarg(module): kv}
-    out = module(**first, attention_mask=mask, use_cache=True, logits_to_keep=1, **kw)
-    step_fn = compiled_step(module) if cache == 'compiled' else module
-    pos, end = first['position_ids'][..., -1:], ids.shape[1]
-    history = ids.new_full((len(rows), n_new), pad_token_id)  # what logits processors see
+        kv, size = static_cache(module, len(prompt_of), cache_size(ids.shape[1] + n_new))
+        rows_mask = torch.cat([rows_mask, mask.new_zeros(len(prompt_of), size - ids.shape[1])], 1)  # positions still to come are masked
+    key = _cache_kwarg(module)
+    if shared:
+        prefilled = DynamicCache(config=text_config)          # the prompts alone, then each row's prompt copied into `kv`
+        out = module(**first, attention_mask=mask, use_cache=True, logits_to_keep=1, **{key: prefilled})
+        share_prefill(prefilled, kv, index)
+        logits = out.logits[:, -1].index_select(0, index)
+    else:
+        out = module(**first, attention_mask=rows_mask, use_cache=True, logits_to_keep=1, **{key: kv})
+        logits = out.logits[:, -1]
+    mask, step_fn = rows_mask, compiled_step(module) if cache == 'compiled' else module
+    pos, end = first['position_ids'][..., -1:].index_select(-2, index), ids.shape[1]
+    history = ids.new_full((len(prompt_of), n_new), pad_token_id)  # what logits processors see
     step = 0
     while not all(s.done for s in schedules):
-        proposal = pick(history[:, :step], out.logits[:, -1]).tolist()
+        proposal = pick(history[:, :step], logits).tolist()
         live = [not s.done for s in schedules]
         tokens = torch.tensor([s.push(p) if l else pad_token_id for s, p, l in zip(schedules, proposal, live)], device=device)
         history[:, step], step = tokens, step + 1
         yield tokens[:n_rows], torch.tensor(live[:n_rows])
         if all(s.done for s in schedules): break
-        if cache == 'dynamic': mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        if cache == 'dynamic': mask = torch.cat([mask, mask.new_ones(len(prompt_of), 1)], 1)
         else: mask[:, end], end = 1, end + 1
         pos = pos + 1
-        out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+        logits = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}).logits[:, -1]
 
 
 # %% ../nbs/09_generation.ipynb #685d97af

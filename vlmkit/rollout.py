@@ -122,11 +122,14 @@ def _close_id(tok) -> int|None:
 def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:int|None, tok, pick, last:dict,
                  max_new_tokens:int, pad_token_id:int, cache:str='dynamic') -> None:
     "One decode of `rows` together (each prefilled from its `prompt`): every row samples until a stop id, a `</tool_call>` or its token budget."
-    prompts = [r.prompt for r in rows]
+    prompts = [r.prompt for r in rows]       # a group's rows hold one prompt object until they have sampled: it is prefilled once
+    unique = list({id(p): p for p in prompts}.values()) if fam.hooks.share_prompts else prompts
+    prompt_of = [next(j for j, u in enumerate(unique) if u is p) for p in prompts]
     for r in rows: r.segments.append(Segment(len(r.rendered)))
     schedules = [RowSchedule(max_new_tokens - r.n_generated, stop_ids | ({close_id} if close_id is not None else set())) for r in rows]
-    inputs, row_inputs = concat_visual(prompts), {k: [p.row[k] for p in prompts] for k in prompts[0].row}
-    for tokens, live in decode_steps(model, [p.input_ids for p in prompts], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id, cache):
+    inputs, row_inputs = concat_visual(unique), {k: [p.row[k] for p in unique] for k in unique[0].row}
+    for tokens, live in decode_steps(model, [p.input_ids for p in unique], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id,
+                                     cache, prompt_of):
         lps = last['logprobs'][:len(tokens)].gather(1, tokens[:, None].to(last['logprobs'].device))[:, 0]
         tokens, lps = tokens.tolist(), lps.tolist()                # one copy to the host a step, not one per row
         for i in live.nonzero()[:, 0].tolist():
@@ -236,7 +239,8 @@ def scripted_family(family, scripts) -> Family:
         state['contexts'] = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
         state['prefilled'] = True
         return fam.hooks.prefill(model, ids, mask, inputs)
-    return replace(fam, hooks=GenerationHooks(prefill=prefill, decoder=lambda model: ScriptedDecoder(fam.hooks.decoder(model), state)))
+    return replace(fam, hooks=GenerationHooks(prefill=prefill, decoder=lambda model: ScriptedDecoder(fam.hooks.decoder(model), state),
+                                              share_prompts=False))   # the script follows each row from its own prefill
 
 # %% ../nbs/55_rollout.ipynb #8f7fb72f
 def tool_trajectory(prompt:Conversation, texts:list[str], tools:Tools|None=None, root=None, resized_sizes=()) -> Conversation:
