@@ -15,7 +15,8 @@ engine's KV caches side by side, a training step's time split, and the plain tra
    on to its token budget. New tokens/s = generated tokens / rollout wall seconds (tool time included), after one warm-up
    rollout per cache. Greedy check: greedy rollouts of each cache against the dynamic cache's (identical trajectories).
 3. Step split (`--parts step`): two GRPO steps of `vlmkit.grpo.GRPOTrainer` on the same prompts (LoRA r=16, the same
-   forced crop, the fastest cache of part 2), the second step's `time/*` logs: decoding, tools, rewards, training.
+   forced crop, the fastest cache of part 2, `--train-tokens`), the second step's `time/*` logs: decoding, tools, rewards,
+   training.
 
 Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in rollout new tokens/s.
 
@@ -172,7 +173,7 @@ def part_step(built, args, cache, workdir):
     cfg = GRPOConfig(family=fam.name, output_dir=str(workdir/f'grpo-{fam.name}'), group_size=args.group, prompts_per_step=args.prompts,
                      max_new_tokens=args.new_tokens, max_tool_calls=1, max_steps=2, save_steps=1000, bf16=not args.tiny,
                      report_to='none', progress=False, lora_r=16, rollout_cache=cache, train=['(in memory)'],
-                     checkpointing=not args.tiny)
+                     checkpointing=not args.tiny, train_tokens=args.train_tokens)
     policy = prepare_model(model.train(), fam, cfg, verbose=False)
     from vlmkit.grpo import grounding_prompts
     def forced_rollout(*a, **kw):   # a fresh processor each rollout: every row crops once in every step
@@ -237,6 +238,7 @@ def main():
     ap.add_argument('--image-size', type=int, nargs=2, help='synthetic image width height (default 640 480; --tiny: 192 144)')
     ap.add_argument('--no-greedy-fp32', dest='greedy_fp32', action='store_false',
                     help='skip the greedy checks in float32 (the models cast to float32 after the timings)')
+    ap.add_argument('--train-tokens', type=int, help="the step part's GRPOConfig.train_tokens: rollouts trained in packed rows of at most this many tokens (default: one row)")
     ap.add_argument('--json', help='write the results here (after each part)')
     args = ap.parse_args()
     for k, full, tiny in [('prompts', 4, 2), ('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),

@@ -177,3 +177,35 @@ def test_vlmkit_train_both_runs_sft_then_grpo_from_its_adapter(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert (tmp_path/'sft-out'/'adapter_model.safetensors').is_file() and (tmp_path/'grpo-out'/'adapter_model.safetensors').is_file()
     assert yaml.safe_load((tmp_path/'grpo-out'/'grpo_config.yaml').read_text())['init_adapter'] == 'sft-out'
+
+@pytest.mark.parametrize('loss_type', ['grpo', 'bnpo', 'dapo', 'dr_grpo'])
+def test_training_in_rows_of_train_tokens_is_training_in_one_row(loss_type, monkeypatch):
+    "`train_tokens`: the micro-batch's rollouts trained in several packed rows (a forward and backward each) give the gradients, loss and metrics of one row."
+    import vlmkit.grpo as G
+    from transformers import TrainerCallback
+    fam = FAMILIES['qwen2_5_vl']
+    calls = []
+    def counted(*args, **kw): calls.append(len(args[2])); return sample_logprobs(*args, **kw)
+    sample_logprobs = G.sample_logprobs
+    monkeypatch.setattr(G, 'sample_logprobs', counted)
+    class Grads(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    def run(train_tokens):
+        model, processor = fam.tiny()
+        digits = lambda prompts, completions, **kw: [sum(ch.isdigit() for ch in c[:6]) / 6 for c in completions]
+        cfg = GRPOConfig(family='qwen2_5_vl', output_dir=tempfile.mkdtemp(), rewards={digits: 1.0}, group_size=4, prompts_per_step=2,
+                         max_new_tokens=6, max_steps=1, bf16=False, report_to='none', progress=False, lora_r=8, beta=0.04,
+                         loss_type=loss_type, train_tokens=train_tokens, train=['x'])
+        model = prepare_model(model.float(), fam, cfg, verbose=False)
+        tr = grpo_trainer(cfg, model, fam, processor, grounding_prompts(fam, n=2), rollout_fn=text_rollout)
+        tr.add_callback(grads := Grads())
+        tr.train()
+        return grads.grads, next(h for h in tr.state.log_history if 'reward' in h)
+    one, one_log = run(None)
+    assert calls == [8, 8]; calls.clear()             # the reference forward, then the policy's
+    rows, rows_log = run(1)                            # every rollout its own row
+    assert calls == [1] * 16
+    assert one.keys() == rows.keys() and any(g.abs().max() > 0 for g in one.values())
+    for k in one: torch.testing.assert_close(rows[k], one[k], rtol=1e-4, atol=1e-6 * float(one[k].abs().max()))
+    for k in ('loss', 'kl', 'clip_ratio/region', 'ratio/mean', 'reward'): assert rows_log[k] == pytest.approx(one_log[k], rel=1e-5, abs=1e-7), k

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import dataclasses, importlib, logging, math, time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from .family import Rendered, family_of
 from .generation import CACHES
 from .images import synthetic_image
 from .lora import base_of, load_adapter
+from .packing import pack_by_budget
 from .loss import _accumulate_matmul, hidden_states_instead_of_logits, shift_labels
 from .sft import (ConfigError, RunConfig, check_run_config, load_for_training, opt, prepare_model, resume_point,
                          training_arguments)
@@ -71,10 +73,13 @@ def k3_kl(logprobs:torch.Tensor, ref_logprobs:torch.Tensor) -> torch.Tensor:
 
 def grpo_loss(logprobs:torch.Tensor, old_logprobs:torch.Tensor, advantages:torch.Tensor, mask:torch.Tensor,
               ref_logprobs:torch.Tensor|None=None, epsilon:float=0.2, epsilon_high:float|None=None, beta:float=0.0,
-              aggregation:str='dapo', max_completion_length:int|None=None, num_tokens:int|float|None=None) -> tuple[torch.Tensor, dict]:
+              aggregation:str='dapo', max_completion_length:int|None=None, num_tokens:int|float|None=None,
+              totals:tuple[int, int, int]|None=None) -> tuple[torch.Tensor, dict]:
     """The clipped GRPO loss of `N` sequences and its metrics. `logprobs`, `old_logprobs`, `ref_logprobs`, `mask` are
     `[N, L]` (mask: 1 on generated tokens), `advantages` `[N]`; a NaN advantage leaves its sequence out entirely.
-    `aggregation` picks the divisor (see the table); `dr_grpo` needs `max_completion_length`."""
+    `aggregation` picks the divisor (see the table); `dr_grpo` needs `max_completion_length`. `totals`: `(sequences,
+    scored sequences, scored generated tokens)` of the micro-batch when these `N` are one chunk of it: the divisors
+    count the whole micro-batch, so the chunks' losses add up to its loss."""
     if aggregation not in AGGREGATIONS: raise ValueError(f"aggregation: {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
     agg = AGGREGATIONS[aggregation]
     if agg == 'dr_grpo' and not max_completion_length: raise ValueError("aggregation 'dr_grpo' divides by max_completion_length: give it")
@@ -90,10 +95,11 @@ def grpo_loss(logprobs:torch.Tensor, old_logprobs:torch.Tensor, advantages:torch
     if beta: per_token = per_token + beta * kl
     m = mask.to(per_token.dtype)
     total = (per_token * m).sum()
-    if agg == 'grpo': loss = ((per_token * m).sum(1) / m.sum(1).clamp(min=1))[scored].sum() / max(int(scored.sum()), 1)
-    elif agg == 'bnpo': loss = total / m.sum().clamp(min=1)
-    elif agg == 'dapo': loss = total / (max(float(num_tokens), 1.0) if num_tokens is not None else m.sum().clamp(min=1))
-    else: loss = total / (len(advantages) * max_completion_length)
+    n_seqs, n_scored, n_tokens = totals if totals is not None else (len(advantages), int(scored.sum()), int(m.sum()))
+    if agg == 'grpo': loss = ((per_token * m).sum(1) / m.sum(1).clamp(min=1))[scored].sum() / max(n_scored, 1)
+    elif agg == 'bnpo': loss = total / max(n_tokens, 1)
+    elif agg == 'dapo': loss = total / (max(float(num_tokens), 1.0) if num_tokens is not None else max(n_tokens, 1))
+    else: loss = total / (n_seqs * max_completion_length)
     with torch.no_grad():
         n = m.sum().clamp(min=1)
         mean = lambda x: ((x * m).sum() / n).item()
@@ -249,7 +255,8 @@ class GRPOConfig(RunConfig):
     init_adapter: str|None = opt(None, "an SFT output folder: its adapter is merged into the base, which is then GRPO's start and KL reference")
     rewards: dict = opt({'format_reward': 0.5, 'iou_reward': 1.0}, "reward functions and weights: a vlmkit.rewards name or module:function, e.g. iou_reward=1 format_reward=0.5")
     group_size: int = opt(8, "completions per prompt (G)")
-    prompts_per_step: int = opt(4, "prompts per micro-batch on each process; the micro-batch trains their G rollouts as one packed row")
+    prompts_per_step: int = opt(4, "prompts per micro-batch on each process; their G rollouts each decode together and train as one packed row")
+    train_tokens: int|None = opt(None, "train the micro-batch's rollouts in packed rows of at most this many tokens, a forward and backward each (one row when left out): bounds training memory, not the rollout batch")
     max_new_tokens: int = opt(256, "longest completion, in generated tokens")
     max_tool_calls: int = opt(3, "tool calls per completion at most")
     temperature: float = opt(1.0, "sampling temperature (the loss's log-probs use it too)")
@@ -273,7 +280,7 @@ def check_grpo_config(cfg:GRPOConfig) -> GRPOConfig:
     if cfg.loss_type not in AGGREGATIONS: raise ConfigError(f"loss_type: {cfg.loss_type!r} is not one of {', '.join(AGGREGATIONS)}")
     if cfg.beta and not cfg.lora: raise ConfigError(f"beta: {cfg.beta} needs a reference model; with --no-lora there is none (the reference is the adapter-disabled base)")
     if cfg.group_size < 2: raise ConfigError(f"group_size: {cfg.group_size}: a group of one has no advantage; use 2 or more")
-    for name in ('prompts_per_step', 'max_new_tokens'):
+    for name in ('prompts_per_step', 'max_new_tokens') + (('train_tokens',) if cfg.train_tokens is not None else ()):
         if getattr(cfg, name) < 1: raise ConfigError(f"{name}: must be 1 or more, got {getattr(cfg, name)}")
     if cfg.rollout_cache not in CACHES: raise ConfigError(f"rollout_cache: {cfg.rollout_cache!r} is not one of {', '.join(CACHES)}")
     if cfg.temperature <= 0: raise ConfigError(f"temperature: must be more than 0, got {cfg.temperature}")
@@ -299,14 +306,14 @@ class GRPOTrainer(Trainer):
     "transformers' `Trainer` for GRPO: micro-batches of prompts become rollouts, rewards, advantages and one packed row."
     def __init__(self, *args, processor=None, family=None, reward_funcs=None, group_size:int=8, rollout_kwargs:dict|None=None,
                  epsilon:float=0.2, epsilon_high:float|None=None, beta:float=0.0, scale_rewards:str='group', loss_type:str='dapo',
-                 rollout_fn=None, **kwargs):
+                 rollout_fn=None, train_tokens:int|None=None, **kwargs):
         kwargs.setdefault('data_collator', keep_records)
         super().__init__(*args, **kwargs)
         self.processor, self.family, self.group_size = processor, family_of(family if family is not None else self.model), group_size
         self.reward_funcs = reward_functions(reward_funcs if reward_funcs is not None else {})
         self.rollout_kwargs = dict(rollout_kwargs or {})
         self.epsilon, self.epsilon_high, self.beta, self.scale_rewards, self.loss_type = epsilon, epsilon_high, beta, scale_rewards, loss_type
-        self.rollout_fn = rollout_fn
+        self.rollout_fn, self.train_tokens = rollout_fn, train_tokens
         self.loss_is_scaled_for_ga = False     # each micro-batch's loss is its own mean; Trainer divides by the accumulation
         self._metrics, self._draw, self._timing = defaultdict(list), (None, 0), {}
 
@@ -346,14 +353,23 @@ class GRPOTrainer(Trainer):
         adv, stats = group_advantages(totals, G, self.scale_rewards)
         self.note_rollouts(rolls, parts, stats)
         rendered = [r.rendered for r in rolls]
-        row = self._prepare_input(self.family.collate(rendered, pack=True))
+        groups = pack_by_budget([len(r) for r in rendered], self.train_tokens) if self.train_tokens else [list(range(len(rendered)))]
+        chunks = [(self._prepare_input(self.family.collate([rendered[i] for i in g], pack=True)), g) for g in groups]
         keep = [r.rendered.labels[1:] != -100 for r in rolls]
         old = [r.old_logprobs[1:][k].float() for r, k in zip(rolls, keep)]
-        ref = reference_logprobs(model, self.family, rendered, self.rollout_kwargs.get('temperature', 1.0), inputs=row) if self.beta else None
+        ref = self._reference(model, rendered, chunks) if self.beta else None
         tools = sum(r.tool_seconds for r in rolls)
         self._timing = {'time/generation': rolled - start - tools, 'time/tools': tools, 'time/rewards': scored - rolled,
                         'time/reference': time.perf_counter() - scored if self.beta else 0.0}
-        return {'row': row, 'rendered': rendered, 'old': old, 'ref': ref, 'advantages': adv}
+        return {'chunks': chunks, 'rendered': rendered, 'old': old, 'ref': ref, 'advantages': adv}
+
+    def _reference(self, model, rendered:list, chunks:list) -> list:
+        "Each rollout's reference log-probs, a forward per packed row."
+        out = [None] * len(rendered)
+        for row, g in chunks:
+            lps = reference_logprobs(model, self.family, [rendered[i] for i in g], self.rollout_kwargs.get('temperature', 1.0), inputs=row)
+            for i, x in zip(g, lps): out[i] = x
+        return out
 
     def training_step(self, model, inputs:dict, num_items_in_batch=None):
         "The `Trainer`'s step, timed: rollout (decoding and tools), rewards, reference and training seconds for the next log."
@@ -364,15 +380,43 @@ class GRPOTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
-        "`grpo_loss` of the micro-batch's packed row under the current policy."
-        lps = sample_logprobs(model, self.family, inputs['rendered'], self.rollout_kwargs.get('temperature', 1.0), inputs=inputs['row'])
-        lp, mask = padded(lps)
-        old, _ = padded([o.to(lp.device) for o in inputs['old']])
-        ref = padded([r.to(lp.device) for r in inputs['ref']])[0] if inputs['ref'] is not None else None
-        loss, metrics = grpo_loss(lp, old, inputs['advantages'].to(lp.device), mask, ref, self.epsilon, self.epsilon_high, self.beta,
-                                  self.loss_type, self.rollout_kwargs.get('max_new_tokens'))
+        """`grpo_loss` of the micro-batch under the current policy, one forward per packed row (`train_tokens`): every row but
+        the last is backpropagated here (gradients not synchronised), the last by the `Trainer`; the rows' losses divide by
+        the whole micro-batch's counts, so their gradients add up to the micro-batch's."""
+        from accelerate.utils import DistributedType
+        chunks, adv, olds, refs = inputs['chunks'], inputs['advantages'], inputs['old'], inputs['ref']
+        if len(chunks) > 1 and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError("train_tokens: a micro-batch trained in several rows is not supported under DeepSpeed (its engine counts every "
+                              "backward as a micro-batch); leave train_tokens out, or lower prompts_per_step")
+        scored = (~adv.isnan()).tolist()
+        totals = (len(adv), sum(scored), sum(len(o) for o, s in zip(olds, scored) if s))
+        kw = dict(epsilon=self.epsilon, epsilon_high=self.epsilon_high, beta=self.beta, aggregation=self.loss_type,
+                  max_completion_length=self.rollout_kwargs.get('max_new_tokens'))
+        lps, loss = [None] * len(adv), 0.0
+        for j, (row, g) in enumerate(chunks):
+            last = j == len(chunks) - 1
+            with nullcontext() if last else self.accelerator.no_sync(model):
+                part = sample_logprobs(model, self.family, [inputs['rendered'][i] for i in g], self.rollout_kwargs.get('temperature', 1.0), inputs=row)
+                lp, old, mask, ref = self._padded(part, olds, refs, g)
+                part_loss, _ = grpo_loss(lp, old, adv[g].to(lp.device), mask, ref, totals=totals, **kw)
+                if not last:
+                    self.accelerator.backward(part_loss / self.current_gradient_accumulation_steps)
+                    part_loss = part_loss.detach()
+            for i, x in zip(g, part): lps[i] = x.detach()
+            loss = loss + part_loss
+        with torch.no_grad():   # the metrics of the whole micro-batch
+            lp, old, mask, ref = self._padded(lps, olds, refs, range(len(adv)))
+            _, metrics = grpo_loss(lp, old, adv.to(lp.device), mask, ref, **kw)
         for k, v in metrics.items(): self._metrics[k].append(v)
         return (loss, {'loss': loss}) if return_outputs else loss
+
+    @staticmethod
+    def _padded(lps:list, olds:list, refs:list|None, g) -> tuple:
+        "`(log-probs, old log-probs, mask, reference log-probs)` `[N, L]` of rollouts `g`, from `lps` (theirs, in order) and each rollout's old and reference ones."
+        lp, mask = padded(list(lps))
+        old = padded([olds[i].to(lp.device) for i in g])[0]
+        ref = padded([refs[i].to(lp.device) for i in g])[0] if refs is not None else None
+        return lp, old, mask, ref
 
     def note_rollouts(self, rolls:list, parts:dict, stats:dict):
         "Keep this micro-batch's reward and completion statistics for the next log."
@@ -415,7 +459,7 @@ def grpo_trainer(cfg:GRPOConfig, model, fam, processor, prompts:list, rollout_fn
                               per_device_train_batch_size=cfg.prompts_per_step)
     return GRPOTrainer(model=model, args=args, train_dataset=PromptDataset(prompts), processor=processor, family=fam,
                        reward_funcs=cfg.rewards, group_size=cfg.group_size, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                       beta=cfg.beta, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type, rollout_fn=rollout_fn,
+                       beta=cfg.beta, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type, rollout_fn=rollout_fn, train_tokens=cfg.train_tokens,
                        rollout_kwargs=dict(max_new_tokens=cfg.max_new_tokens, max_tool_calls=cfg.max_tool_calls,
                                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, cache=cfg.rollout_cache))
 
