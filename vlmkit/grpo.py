@@ -262,7 +262,7 @@ class GRPOConfig(RunConfig):
     temperature: float = opt(1.0, "sampling temperature (the loss's log-probs use it too)")
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int|None = opt(None, "top-k sampling")
-    rollout_cache: str = opt('dynamic', "the decode engine's KV cache: dynamic, static, or compiled (static, steps through torch.compile: CUDA graphs on a GPU)")
+    rollout_cache: str = opt('dynamic', "the decode engine's KV cache: dynamic, static, or compiled (static, steps through torch.compile: CUDA graphs on a GPU; rollouts 1.5-3x the dynamic cache's on an H100, bench/RESULTS.md; compiled in the first step, its static cache kept between steps)")
     epsilon: float = opt(0.2, "lower clip: the ratio is clipped at 1 - epsilon")
     epsilon_high: float|None = opt(None, "upper clip at 1 + epsilon_high (DAPO's clip-higher, e.g. 0.28); epsilon when left out")
     beta: float = opt(0.0, "weight of the k3 KL to the reference (the adapter-disabled base; needs LoRA); 0: no reference forward")
