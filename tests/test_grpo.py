@@ -209,3 +209,28 @@ def test_training_in_rows_of_train_tokens_is_training_in_one_row(loss_type, monk
     assert one.keys() == rows.keys() and any(g.abs().max() > 0 for g in one.values())
     for k in one: torch.testing.assert_close(rows[k], one[k], rtol=1e-4, atol=1e-6 * float(one[k].abs().max()))
     for k in ('loss', 'kl', 'clip_ratio/region', 'ratio/mean', 'reward'): assert rows_log[k] == pytest.approx(one_log[k], rel=1e-5, abs=1e-7), k
+
+RANK_REWARD = '''
+import os
+def rank(prompts, completions, **columns):
+    "The rank of the process that scored the completion: over both processes its mean is 0.5, on rank 0 alone 0."
+    return [float(os.environ.get('RANK', 0))] * len(completions)
+'''
+
+def test_two_processes_split_the_prompts_and_log_both(tmp_path):
+    "`accelerate launch` with two CPU processes (gloo): each rolls out its own prompts, an epoch of 8 prompts at 2 a micro-batch is 2 steps, and the logged rewards are both processes'."
+    import json, os, subprocess
+    from test_sft import ENV, LAUNCH_2
+    from vlmkit.grpo import write_grounding_prompts
+    write_grounding_prompts('qwen2_5_vl', tmp_path/'prompts', n=8)
+    (tmp_path/'rank_reward.py').write_text(RANK_REWARD)
+    env = ENV | dict(PYTHONPATH=os.pathsep.join([ENV['PYTHONPATH'], str(tmp_path)]))
+    r = subprocess.run([*LAUNCH_2, 'grpo', '--family', 'qwen2_5_vl', '--model', 'tiny', '--train', 'prompts/train.jsonl', '--no-bf16',
+                        '--rewards', 'rank_reward:rank=1', '--group-size', '2', '--prompts-per-step', '2', '--max-new-tokens', '4',
+                        '--epochs', '1', '--logging-steps', '1', '--report-to', 'none', '--no-progress', '--output-dir', 'out'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    state = json.loads((tmp_path/'out'/'trainer_state.json').read_text())
+    logs = [h for h in state['log_history'] if 'reward' in h]
+    assert state['global_step'] == 2 and len(logs) == 2, state['log_history']
+    assert all(h['rewards/rank_reward:rank'] == 0.5 and h['reward'] == 0.5 for h in logs), logs   # 0 if rank 0's alone

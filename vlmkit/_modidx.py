@@ -631,6 +631,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'vlmkit.grpo.GRPOTrainer._prepare_inputs': ('grpo.html#grpotrainer._prepare_inputs', 'vlmkit/grpo.py'),
                              'vlmkit.grpo.GRPOTrainer._reference': ('grpo.html#grpotrainer._reference', 'vlmkit/grpo.py'),
                              'vlmkit.grpo.GRPOTrainer._rollout': ('grpo.html#grpotrainer._rollout', 'vlmkit/grpo.py'),
+                             'vlmkit.grpo.GRPOTrainer.combined_metrics': ('grpo.html#grpotrainer.combined_metrics', 'vlmkit/grpo.py'),
                              'vlmkit.grpo.GRPOTrainer.compute_loss': ('grpo.html#grpotrainer.compute_loss', 'vlmkit/grpo.py'),
                              'vlmkit.grpo.GRPOTrainer.generator': ('grpo.html#grpotrainer.generator', 'vlmkit/grpo.py'),
                              'vlmkit.grpo.GRPOTrainer.log': ('grpo.html#grpotrainer.log', 'vlmkit/grpo.py'),

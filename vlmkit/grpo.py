@@ -431,12 +431,28 @@ class GRPOTrainer(Trainer):
         m['tool_calls'].append(_mean([r.tool_calls for r in rolls])); m['tool_errors'].append(_mean([r.tool_errors for r in rolls]))
 
     def log(self, logs:dict, start_time=None):
-        "The `Trainer`'s logs with the GRPO metrics averaged since the last log (training logs only)."
-        if 'loss' in logs and self._metrics:
-            logs = {**logs, **{k: (max(v) if k.endswith('max_length') or k.endswith('/max') else min(v) if k.endswith('/min') else _mean(v))
-                               for k, v in self._metrics.items() if v}}
+        "The `Trainer`'s logs with the GRPO metrics since the last log, over every process (training logs only)."
+        if 'loss' in logs:
+            logs = {**logs, **self.combined_metrics()}
             self._metrics = defaultdict(list)
         super().log(logs, start_time)
+
+    def combined_metrics(self) -> dict:
+        """Each GRPO metric since the last log over every process: the mean of all their micro-batches' values, the largest
+        of a `max` metric, the smallest of a `min` one. Every process calls it at the same log, as the `Trainer` logs on all."""
+        local = {k: v for k, v in self._metrics.items() if v}
+        keys = sorted(local)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+            keys = sorted(set().union(*gather_object([keys])))
+        if not keys: return {}
+        stats = torch.tensor([[sum(local.get(k, [])), len(local.get(k, [])), max(local.get(k, [-math.inf])), min(local.get(k, [math.inf]))]
+                              for k in keys], dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1: stats = self.accelerator.gather(stats[None])
+        else: stats = stats[None]
+        total, n, high, low = stats[..., 0].sum(0), stats[..., 1].sum(0), stats[..., 2].amax(0), stats[..., 3].amin(0)
+        pick = lambda i, k: high[i] if k.endswith('max_length') or k.endswith('/max') else low[i] if k.endswith('/min') else total[i] / n[i]
+        return {k: float(pick(i, k)) for i, k in enumerate(keys) if n[i] > 0}
 
 # %% ../nbs/56_grpo.ipynb #c66a2300
 def read_prompts(cfg:GRPOConfig) -> list[Conversation]:
