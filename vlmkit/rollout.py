@@ -123,8 +123,9 @@ def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:
                  max_new_tokens:int, pad_token_id:int, cache:str='dynamic') -> None:
     "One decode of `rows` together (each prefilled from its `prompt`): every row samples until a stop id, a `</tool_call>` or its token budget."
     prompts = [r.prompt for r in rows]       # a group's rows hold one prompt object until they have sampled: it is prefilled once
-    unique = list({id(p): p for p in prompts}.values()) if fam.hooks.share_prompts else prompts
-    prompt_of = [next(j for j, u in enumerate(unique) if u is p) for p in prompts]
+    keys = [id(p) for p in prompts] if fam.hooks.share_prompts else list(range(len(prompts)))
+    slot = {k: j for j, k in enumerate(dict.fromkeys(keys))}      # each prompt object once, in order of its first row
+    prompt_of, unique = [slot[k] for k in keys], [prompts[keys.index(k)] for k in slot]
     for r in rows: r.segments.append(Segment(len(r.rendered)))
     schedules = [RowSchedule(max_new_tokens - r.n_generated, stop_ids | ({close_id} if close_id is not None else set())) for r in rows]
     inputs, row_inputs = concat_visual(unique), {k: [p.row[k] for p in unique] for k in unique[0].row}
