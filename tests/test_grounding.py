@@ -134,6 +134,14 @@ def test_cli_end_to_end(fam, synthetic, tmp_path):
     assert [r['id'] for r in results] == [r.id for r in refs] and {r['family'] for r in results} == {fam.name}
     assert len(read_results(tmp_path/'failures.jsonl')) == sum(not r['hit'] for r in results)
 
+def test_cli_cache_static_gives_the_dynamic_cache_answers(synthetic, tmp_path):
+    "`--cache static` (the engine's preallocated KV cache, the compiled cache's eager twin) answers every ref as the default cache does."
+    root, _ = synthetic
+    args = ['--model', 'tiny:qwen2_5_vl', '--data', str(root), '--split', 'refcoco/val,refcocog/test', '--batch-size', '4', '--max-new-tokens', '6']
+    assert run_cli(*args, '--out', str(tmp_path/'dynamic'))[0] == 0 and run_cli(*args, '--out', str(tmp_path/'static'), '--cache', 'static')[0] == 0
+    answers = lambda d: [(r['id'], r['text']) for r in read_results(tmp_path/d/'results.jsonl')]
+    assert answers('static') == answers('dynamic') and len(answers('static')) > 4
+
 def test_cli_rerun_finishes_only_the_missing_items(synthetic, tmp_path, monkeypatch):
     root, _ = synthetic
     fam = FAMILIES['internvl3_5']

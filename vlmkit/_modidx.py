@@ -130,6 +130,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'vlmkit.checkpointing.enable_checkpointing': ( 'checkpointing.html#enable_checkpointing',
                                                                                      'vlmkit/checkpointing.py')},
             'vlmkit.cli': { 'vlmkit.cli._add_apps': ('cli.html#_add_apps', 'vlmkit/cli.py'),
+                            'vlmkit.cli._add_cache_flag': ('cli.html#_add_cache_flag', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_data': ('cli.html#_add_data', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_eval': ('cli.html#_add_eval', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_field': ('cli.html#_add_field', 'vlmkit/cli.py'),

@@ -221,12 +221,12 @@ def load_splits(root, splits=None, image_root=None) -> list[Ref]:
     return refs
 
 def eval_refcoco(model:str, data, out, splits=None, images=None, batch_size:int=8, max_new_tokens:int=64, device=None,
-                 dtype=None, progress:bool=True) -> list[dict]:
+                 dtype=None, progress:bool=True, cache:str='dynamic') -> list[dict]:
     "Evaluate checkpoint (or 'tiny:FAMILY') `model` on `splits` of the data root `data`; writes `out`/results.jsonl, table.md, failures.jsonl (resuming) and returns the table's rows."
     data, out = Path(data), Path(out)
     image_root = Path(images) if images is not None else data/'images' if (data/'images').is_dir() else None
     refs = load_splits(data, [parse_split(s) if isinstance(s, str) else s for s in splits] if splits else None, image_root)
     fam, m, processor = load_model(model, device, dtype)
     results = evaluate_grounding(m, processor, refs, out=out/'results.jsonl', family=fam, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, progress=progress)
+                                 max_new_tokens=max_new_tokens, progress=progress, cache=cache)
     return write_report(results, out)
