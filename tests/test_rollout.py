@@ -6,6 +6,7 @@ model's own, tool-inserted tokens get exactly zero gradient, seeds reproduce, li
 import torch
 import torch.nn.functional as F
 from vlmkit.conversation import Conversation, Turn
+from vlmkit.family import reuse_visuals
 from vlmkit.rollout import rollout, scripted_family, tool_trajectory
 from vlmkit.testing import noise_image
 from vlmkit.tools import RESEARCH_CROP_SYSTEM, default_tools
@@ -40,13 +41,14 @@ def test_fixture_trajectories_reproduce_the_sft_render(fam, tiny):
     model, processor = tiny
     trajectories = [_with_pixels(c, i) for i, c in enumerate(_trajectories())]
     batches = []        # a script is found by the ids so far: trajectories whose prompts render alike go to different batches
-    for c in trajectories:
-        ids = fam.render(_prompt(c), processor).input_ids.tolist()
-        b = next((b for b in batches if ids not in b[0]), None)
-        if b is None: batches.append(b := ([], []))
-        b[0].append(ids); b[1].append(c)
-    out = [r for _, batch in batches for r in _check_reproduces(fam, processor, batch, group_size=1, model=model,
-                                                                tools=default_tools(min_side=1), max_new_tokens=4096)]
+    with reuse_visuals():   # the fixture images preprocessed once for the test's renders and the rollouts' (their results are not in question)
+        for c in trajectories:
+            ids = fam.render(_prompt(c), processor).input_ids.tolist()
+            b = next((b for b in batches if ids not in b[0]), None)
+            if b is None: batches.append(b := ([], []))
+            b[0].append(ids); b[1].append(c)
+        out = [r for _, batch in batches for r in _check_reproduces(fam, processor, batch, group_size=1, model=model,
+                                                                    tools=default_tools(min_side=1), max_new_tokens=4096)]
     assert len(out) == len(trajectories)
     assert sum(r.tool_calls for r in out) > len(out) and max(r.tool_calls for r in out) > 1
 
