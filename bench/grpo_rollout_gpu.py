@@ -139,7 +139,7 @@ def part_rollout(name, args, device):
     fam = FAMILIES[name]
     model, proc = build(fam, args.tiny, device)
     model.eval()
-    prompts, rows, texts = rollout_prompts(fam, proc, args), [], {}
+    prompts, rows, greedy = rollout_prompts(fam, proc, args), [], {}
     for cache in args.caches:
         try:
             one_rollout(model, proc, fam, prompts, args, cache)                          # warm-up (compiles)
@@ -157,8 +157,8 @@ def part_rollout(name, args, device):
         model.to(dtype)
         for r in rows:
             if 'error' in r: continue
-            texts[r['cache']] = [x.rendered.input_ids for x in one_rollout(model, proc, fam, prompts, args, r['cache'], do_sample=False)]
-            r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(texts[r['cache']], texts[args.caches[0]])
+            greedy[r['cache']] = [x.rendered.input_ids for x in one_rollout(model, proc, fam, prompts, args, r['cache'], do_sample=False)]
+            r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(greedy[r['cache']], greedy[args.caches[0]])
         print(f"  {dtype_name(dtype)}: greedy trajectories identical to the {args.caches[0]} cache's: " +
               ', '.join(f"{r['cache']} {r[f'same_greedy_{dtype_name(dtype)}']} of {r['rollouts']}" for r in rows if 'error' not in r), flush=True)
     model.to(torch.get_default_dtype())

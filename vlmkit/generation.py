@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Callable
 import torch
 from transformers import Cache, DynamicCache, StaticCache
-from .attention import register_decode_attention
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
+from .attention import register_decode_attention
 
 # %% auto #0
 __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'KIND_COLORS', 'RowSchedule', 'per_row',

@@ -19,8 +19,8 @@ from .family import Rendered, family_of
 from .generation import CACHES
 from .images import synthetic_image
 from .lora import base_of, load_adapter
-from .packing import pack_by_budget
 from .loss import _accumulate_matmul, hidden_states_instead_of_logits, shift_labels
+from .packing import pack_by_budget
 from .sft import (ConfigError, RunConfig, check_run_config, load_for_training, opt, prepare_model, resume_point,
                          training_arguments)
 
@@ -447,9 +447,8 @@ class GRPOTrainer(Trainer):
             keys = sorted(set().union(*gather_object([keys])))
         if not keys: return {}
         stats = torch.tensor([[sum(local.get(k, [])), len(local.get(k, [])), max(local.get(k, [-math.inf])), min(local.get(k, [math.inf]))]
-                              for k in keys], dtype=torch.float64, device=self.args.device)
-        if self.accelerator.num_processes > 1: stats = self.accelerator.gather(stats[None])
-        else: stats = stats[None]
+                              for k in keys], dtype=torch.float64, device=self.args.device)[None]   # [processes, keys, 4]
+        if self.accelerator.num_processes > 1: stats = self.accelerator.gather(stats)
         total, n, high, low = stats[..., 0].sum(0), stats[..., 1].sum(0), stats[..., 2].amax(0), stats[..., 3].amin(0)
         pick = lambda i, k: high[i] if k.endswith('max_length') or k.endswith('/max') else low[i] if k.endswith('/min') else total[i] / n[i]
         return {k: float(pick(i, k)) for i, k in enumerate(keys) if n[i] > 0}
