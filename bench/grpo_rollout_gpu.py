@@ -13,7 +13,9 @@ engine's KV caches side by side, a training step's time split, and the plain tra
    so a logits processor makes every row write `<tool_call>Crop [...]</tool_call>` after `--call-at` (32) tokens of its
    first round: the crop tool runs on the real image, the crop's visual tokens enter the trajectory, and the row decodes
    on to its token budget. New tokens/s = generated tokens / rollout wall seconds (tool time included), after one warm-up
-   rollout per cache. Greedy check: greedy rollouts of each cache against the dynamic cache's (identical trajectories).
+   rollout per cache. Each cache's rows go on from their KV cache after the call (`reuse_cache`); one more row of the last
+   cache prefills whole trajectories again (`--no-whole-prefill` leaves it out). Greedy check: greedy rollouts of each row
+   against the first row's (identical trajectories).
 3. Step split (`--parts step`): two GRPO steps of `vlmkit.grpo.GRPOTrainer` on the same prompts (LoRA r=16, the same
    forced crop, the fastest cache of part 2, `--train-tokens`), the second step's `time/*` logs: decoding, tools, rewards,
    training.
@@ -107,18 +109,6 @@ def part_reference(args, device):
 
 # ---- part 2: rollouts with crops ----
 
-class ForcedCall:
-    "A logits processor: in a rollout's first round each row writes `ids` (a tool call) from its `at`-th token on."
-    def __init__(self, ids, at): self.ids, self.at, self.round = list(ids), at, 0
-    def __call__(self, input_ids, scores):
-        t = input_ids.shape[1]
-        if t == 0: self.round += 1
-        if self.round == 1 and self.at <= t < self.at + len(self.ids):
-            forced = torch.full_like(scores, float('-inf'))
-            forced[:, self.ids[t - self.at]] = 0.
-            return forced
-        return scores
-
 def rollout_prompts(fam, proc, args):
     from vlmkit.grpo import grounding_prompts, prompt_of
     return [prompt_of(c) for c in grounding_prompts(fam, proc, n=args.prompts, size=tuple(args.image_size))]
@@ -128,11 +118,17 @@ def call_ids(proc, args):
     w, h = args.image_size
     return tok(f"<tool_call>Crop [{w // 8}, {h // 8}, {w // 2}, {h // 2}]</tool_call>", add_special_tokens=False)['input_ids']
 
-def one_rollout(model, proc, fam, prompts, args, cache, do_sample=True):
-    from vlmkit.rollout import rollout
+def one_rollout(model, proc, fam, prompts, args, cache, do_sample=True, reuse=True):
+    from vlmkit.rollout import ForcedText, rollout
     return rollout(model, proc, prompts, group_size=args.group, family=fam, max_new_tokens=args.new_tokens, max_tool_calls=1,
                    do_sample=do_sample, generator=torch.Generator(model.device).manual_seed(0), cache=cache,
-                   logits_processor=[ForcedCall(call_ids(proc, args), args.call_at)])
+                   logits_processor=[ForcedText(call_ids(proc, args), args.call_at)], reuse_cache=reuse)
+
+def rollout_modes(args) -> list[tuple[str, bool]]:
+    "(cache, reuse_cache) of each timed row: every cache going on from its KV cache after a call, and the last cache prefilling whole trajectories again."
+    return [(c, True) for c in args.caches] + ([(args.caches[-1], False)] if args.whole_prefill else [])
+
+def mode_name(cache:str, reuse:bool) -> str: return cache if reuse else f"{cache}, whole prefill after a call"
 
 def part_rollout(name, args, device):
     from vlmkit.family import FAMILIES
@@ -140,27 +136,29 @@ def part_rollout(name, args, device):
     model, proc = build(fam, args.tiny, device)
     model.eval()
     prompts, rows, greedy = rollout_prompts(fam, proc, args), [], {}
-    for cache in args.caches:
+    for cache, reuse in rollout_modes(args):
+        mode = mode_name(cache, reuse)
         try:
-            one_rollout(model, proc, fam, prompts, args, cache)                          # warm-up (compiles)
-            rolls, secs = timed(lambda: one_rollout(model, proc, fam, prompts, args, cache))
+            one_rollout(model, proc, fam, prompts, args, cache, reuse=reuse)             # warm-up (compiles)
+            rolls, secs = timed(lambda: one_rollout(model, proc, fam, prompts, args, cache, reuse=reuse))
             tokens, tools = sum(r.n_generated for r in rolls), sum(r.tool_seconds for r in rolls)
-            rows.append(dict(cache=cache, rollouts=len(rolls), tokens=tokens, crops=sum(r.tool_calls - r.tool_errors for r in rolls),
+            rows.append(dict(cache=cache, reuse=reuse, mode=mode, rollouts=len(rolls), tokens=tokens,
+                             crops=sum(r.tool_calls - r.tool_errors for r in rolls), prefills=sum(r.prefills for r in rolls),
                              secs=secs, tool_secs=tools, tok_s=tokens / secs))
-            print(f"  {cache}: {len(rolls)} rollouts, {tokens} new tokens, {rows[-1]['crops']} crops in {secs:.2f} s "
-                  f"(tools {tools:.2f} s) = {tokens / secs:.0f} new tokens/s", flush=True)
+            print(f"  {mode}: {len(rolls)} rollouts, {tokens} new tokens, {rows[-1]['crops']} crops, {rows[-1]['prefills']} whole "
+                  f"prefills in {secs:.2f} s (tools {tools:.2f} s) = {tokens / secs:.0f} new tokens/s", flush=True)
         except Exception as e:
             oom = isinstance(e, torch.OutOfMemoryError)
             if not oom: traceback.print_exc()
-            rows.append(dict(cache=cache, error='OOM' if oom else f"{type(e).__name__}: {e}"[:160])); release()
-    for dtype in greedy_dtypes(args):          # greedy trajectories (ids) of each cache against the first cache's
+            rows.append(dict(cache=cache, reuse=reuse, mode=mode, error='OOM' if oom else f"{type(e).__name__}: {e}"[:160])); release()
+    ok = [r for r in rows if 'error' not in r]
+    for dtype in greedy_dtypes(args):          # greedy trajectories (ids) of each mode against the first mode's
         model.to(dtype)
-        for r in rows:
-            if 'error' in r: continue
-            greedy[r['cache']] = [x.rendered.input_ids for x in one_rollout(model, proc, fam, prompts, args, r['cache'], do_sample=False)]
-            r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(greedy[r['cache']], greedy[args.caches[0]])
-        print(f"  {dtype_name(dtype)}: greedy trajectories identical to the {args.caches[0]} cache's: " +
-              ', '.join(f"{r['cache']} {r[f'same_greedy_{dtype_name(dtype)}']} of {r['rollouts']}" for r in rows if 'error' not in r), flush=True)
+        for r in ok:
+            greedy[r['mode']] = [x.rendered.input_ids for x in one_rollout(model, proc, fam, prompts, args, r['cache'], False, r['reuse'])]
+            r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(greedy[r['mode']], greedy[ok[0]['mode']])
+        if ok: print(f"  {dtype_name(dtype)}: greedy trajectories identical to the {ok[0]['mode']} cache's: " +
+                     ', '.join(f"{r['mode']} {r[f'same_greedy_{dtype_name(dtype)}']} of {r['rollouts']}" for r in ok), flush=True)
     model.to(torch.get_default_dtype())
     return dict(family=name, label=FAMILY_LABELS.get(name, name), rows=rows), (model, proc, fam, prompts)
 
@@ -177,8 +175,8 @@ def part_step(built, args, cache, workdir):
     policy = prepare_model(model.train(), fam, cfg, verbose=False)
     from vlmkit.grpo import grounding_prompts
     def forced_rollout(*a, **kw):   # a fresh processor each rollout: every row crops once in every step
-        from vlmkit.rollout import rollout
-        return rollout(*a, logits_processor=[ForcedCall(call_ids(proc, args), args.call_at)], **kw)
+        from vlmkit.rollout import ForcedText, rollout
+        return rollout(*a, logits_processor=[ForcedText(call_ids(proc, args), args.call_at)], **kw)
     trainer = grpo_trainer(cfg, policy, fam, proc, grounding_prompts(fam, proc, n=args.prompts, size=tuple(args.image_size)),
                            rollout_fn=forced_rollout)
     trainer.train()
@@ -209,13 +207,13 @@ def tables(res, card, args):
         ref4 = next((r for r in res.get('reference') or [] if r['mode'].startswith('transformers') and r['rows'] == args.prompts * args.group), None)
         names = [dtype_name(d) for d in greedy_dtypes(args)]
         print(f"\n| family ({card}) | cache | rollouts | new tokens | crops | time s | tools s | new tokens/s | vs 4 x G plain | "
-              + ' | '.join(f"greedy same as {args.caches[0]}, {n}" for n in names) + " |")
+              + ' | '.join(f"greedy same as the first row, {n}" for n in names) + " |")
         print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(names))
         for f in res['rollout']:
             for r in f['rows']:
-                if 'error' in r: print(f"| {f['label']} | {r['cache']} | | | | | | {r['error']} | |" + " |" * len(names)); continue
+                if 'error' in r: print(f"| {f['label']} | {r['mode']} | | | | | | {r['error']} | |" + " |" * len(names)); continue
                 vs = f"{r['tok_s'] / ref4['tok_s']:.1f}x" if ref4 else '-'
-                print(f"| {f['label']} | {r['cache']} | {r['rollouts']} | {r['tokens']} | {r['crops']} | {r['secs']:.2f} | "
+                print(f"| {f['label']} | {r['mode']} | {r['rollouts']} | {r['tokens']} | {r['crops']} | {r['secs']:.2f} | "
                       f"{r['tool_secs']:.2f} | {r['tok_s']:.0f} | {vs} | " + ' | '.join(same_cell(r, n, 'rollouts') for n in names) + " |")
     if res.get('step'):
         print(f"\n| family ({card}) | cache | generation s | tools s | rewards s | reference s | training s |")
@@ -238,6 +236,8 @@ def main():
     ap.add_argument('--image-size', type=int, nargs=2, help='synthetic image width height (default 640 480; --tiny: 192 144)')
     ap.add_argument('--no-greedy-fp32', dest='greedy_fp32', action='store_false',
                     help='skip the greedy checks in float32 (the models cast to float32 after the timings)')
+    ap.add_argument('--no-whole-prefill', dest='whole_prefill', action='store_false',
+                    help="leave out the rollout row of the last cache that prefills whole trajectories after a call (rollout(reuse_cache=False))")
     ap.add_argument('--train-tokens', type=int, help="the step part's GRPOConfig.train_tokens: rollouts trained in packed rows of at most this many tokens (default: one row)")
     ap.add_argument('--json', help='write the results here (after each part)')
     args = ap.parse_args()
@@ -271,7 +271,7 @@ def main():
                 fam = FAMILIES[name]; model, proc = build(fam, args.tiny, device)
                 built = (model, proc, fam, rollout_prompts(fam, proc, args))
             ok = [r for r in (f['rows'] if f else []) if 'error' not in r]
-            cache = max(ok, key=lambda r: r['tok_s'])['cache'] if ok else args.caches[-1]
+            cache = max((r for r in ok if r['reuse']), key=lambda r: r['tok_s'])['cache'] if any(r['reuse'] for r in ok) else args.caches[-1]
             try: res.setdefault('step', []).append(dict(label=FAMILY_LABELS[name], **part_step(built, args, cache, workdir)))
             except Exception as e:
                 traceback.print_exc(); res.setdefault('step', []).append(dict(label=FAMILY_LABELS[name], error=f"{type(e).__name__}: {e}"[:160]))
@@ -279,7 +279,7 @@ def main():
         del built; release()
     tables(res, card, args)
     print(f"total {time.perf_counter() - t0:.0f} s")
-    bad = [f"{f['family']}/{r['cache']}: {r['error']}" for f in res.get('rollout', []) for r in f['rows'] if r.get('error', 'OOM') != 'OOM']
+    bad = [f"{f['family']}/{r['mode']}: {r['error']}" for f in res.get('rollout', []) for r in f['rows'] if r.get('error', 'OOM') != 'OOM']
     bad += [f"{s['label']} step: {s['error']}" for s in res.get('step', []) if 'error' in s]
     if bad: raise SystemExit(f"rows failed: {', '.join(bad)}")
 

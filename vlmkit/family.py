@@ -211,12 +211,11 @@ class Rendered:
     @property
     def n_trained(self) -> int: return 0 if self.labels is None else int((self.labels != -100).sum())
 
-    def prefix(self, n:int) -> Rendered:
-        "The first `n` tokens as a sample of their own: visuals inside them keep their tensor rows, the others are dropped with theirs."
-        if n >= len(self): return self
+    def _rows_before(self, n:int, what:str) -> dict:
+        "Each visual tensor's rows that belong to visuals before token `n`; a `ValueError` where `n` cuts a visual or the spans miss rows."
         if (cut := next((s for s in self.spans if s.start < n < s.end), None)):
-            raise ValueError(f"a prefix of {n} tokens would cut the {cut.kind} at tokens [{cut.start}, {cut.end})")
-        kept, total, rows = [s for s in self.spans if s.end <= n], {}, {}
+            raise ValueError(f"{what} would cut the {cut.kind} at tokens [{cut.start}, {cut.end})")
+        total, rows = {}, {}
         for s in self.spans:
             for k, c in s.rows.items():
                 total[k] = total.get(k, 0) + c
@@ -224,10 +223,28 @@ class Rendered:
         for k, v in self.visual.items():
             if total.get(k, 0) != len(v):
                 raise ValueError(f"visual[{k!r}] has {len(v)} rows, its spans account for {total.get(k, 0)}: render with a family that records them")
+        return rows
+
+    def prefix(self, n:int) -> Rendered:
+        "The first `n` tokens as a sample of their own: visuals inside them keep their tensor rows, the others are dropped with theirs."
+        if n >= len(self): return self
+        rows, kept = self._rows_before(n, f"a prefix of {n} tokens"), [s for s in self.spans if s.end <= n]
         n_images = sum(s.kind == 'image' for s in kept)
         return replace(self, input_ids=self.input_ids[:n], labels=None if self.labels is None else self.labels[:n],
                        visual={k: v[:rows[k]] for k, v in self.visual.items() if rows.get(k)}, row={k: v[:n] for k, v in self.row.items()},
                        image_sizes=self.image_sizes[:n_images], resized_sizes=self.resized_sizes[:n_images], spans=kept)
+
+    def suffix(self, n:int) -> Rendered:
+        """The tokens from `n` on as a sample of their own (what follows the `n` tokens a KV cache already holds): visuals
+        after `n` keep their tensor rows and their spans count from the suffix's start, the others are dropped with theirs."""
+        if n <= 0: return self
+        rows = self._rows_before(n, f"a suffix from token {n}")
+        n_images = sum(s.kind == 'image' for s in self.spans if s.end <= n)
+        return replace(self, input_ids=self.input_ids[n:], labels=None if self.labels is None else self.labels[n:],
+                       visual={k: v[rows.get(k, 0):] for k, v in self.visual.items() if len(v) > rows.get(k, 0)},
+                       row={k: v[n:] for k, v in self.row.items()}, image_sizes=self.image_sizes[n_images:],
+                       resized_sizes=self.resized_sizes[n_images:],
+                       spans=[replace(s, start=s.start - n, end=s.end - n) for s in self.spans if s.start >= n])
 
     def visual_as(self, dtype:torch.dtype) -> Rendered:
         "This sample with its floating-point visual tensors in `dtype` (a model's: `model_dtype`); ids, grids and sizes as they are."

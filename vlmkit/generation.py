@@ -18,9 +18,9 @@ from .attention import register_decode_attention
 __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'KIND_COLORS', 'RowSchedule', 'per_row',
            'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs',
            'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'check_cache',
-           'cache_size', 'batch_bucket', 'static_cache', 'compiled_step', 'share_prefill', 'decode_steps', 'Generation',
-           'collect', 'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
-           'stream_text', 'stream_generate', 'split_thinking']
+           'cache_size', 'batch_bucket', 'static_cache', 'new_cache', 'compiled_step', 'share_prefill', 'DecodeState',
+           'continue_cache', 'decode_steps', 'Generation', 'collect', 'generation_default', 'BatchDecoder', 'generate',
+           'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -183,6 +183,7 @@ class GenerationHooks:
     prefill: Callable = prefill_ids      # (model, ids [B, L], mask [B, L], inputs dict) -> kwargs with position_ids
     decoder: Callable = whole_model      # model -> the module stepped with `input_ids` and a KV cache
     share_prompts: bool = True           # rows of one prompt may share its prefill (False: a decoder that follows rows from the prefill on)
+    reuse_cache: bool = True             # a row may go on from a past decode's KV cache (`decode_steps`' `past`; False: as above)
 
 ROPE_INDEX_HOOKS = GenerationHooks(prefill=prefill_rope_index)
 
@@ -225,6 +226,11 @@ def static_cache(module, rows:int, size:int) -> tuple[StaticCache, int]:
     pool[key] = (size, StaticCache(config=module.config.get_text_config(decoder=True), max_cache_len=size))
     return pool[key][1], size
 
+def new_cache(module, cache:str, rows:int, size:int) -> tuple[Cache, int|None]:
+    "`(an empty KV cache of kind `cache`, its positions)`: a `DynamicCache` (None: it grows), or the static one of `rows` rows for `size` positions."
+    if cache == 'dynamic': return DynamicCache(config=module.config.get_text_config(decoder=True)), None
+    return static_cache(module, rows, cache_size(size))
+
 def compiled_step(module):
     """`module` through `torch.compile(mode='reduce-overhead')` (CUDA graphs on a GPU), compiled once per module and kept on it;
     its text decoder's SDPA becomes `vlmkit_sdpa`: the same attention, without the copy of the cache a compiled SDPA makes."""
@@ -240,22 +246,49 @@ def share_prefill(prefilled:Cache, cache:Cache, prompt_of:torch.Tensor) -> Cache
         cache.update(layer.keys.index_select(0, prompt_of), layer.values.index_select(0, prompt_of), i)
     return cache
 
+@dataclass
+class DecodeState:
+    """What a finished decode leaves for rows that go on (a rollout's next round, after a tool call): its KV cache, the slots
+    each row attends, each row's next position, and how many of the row's new tokens the cache holds (all it took but the
+    last, which is in too where a step followed it)."""
+    cache: Cache
+    mask: torch.Tensor               # [B, >= length]: 1 at the slots that hold the row's own tokens
+    length: int                      # slots written
+    next_pos: torch.Tensor           # each row's next position ids: [B, 1], or [P, B, 1] with P kinds of position
+    fed: list                        # per row: how many of its new tokens are in the cache
+
+def continue_cache(past:DecodeState, rows:torch.Tensor, module, cache:str, more:int) -> tuple[Cache, int|None, torch.Tensor]:
+    "`(a KV cache of kind `cache` holding rows `rows` of `past`, its positions as `new_cache` gives them, their mask)`, with room for `more` positions."
+    kept = [(l.keys[:, :, :past.length].index_select(0, rows), l.values[:, :, :past.length].index_select(0, rows)) for l in past.cache.layers]
+    kv, size = new_cache(module, cache, len(rows), past.length + more)     # a static one may be past's own, reset: its rows are copied first
+    for i, (k, v) in enumerate(kept): kv.update(k, v, i)
+    return kv, size, past.mask[:, :past.length].index_select(0, rows)
+
 @torch.no_grad()
 def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pick, inputs:dict|None=None,
                  row_inputs:dict|None=None, hooks:GenerationHooks|None=None, pad_token_id:int=0, cache:str='dynamic',
-                 prompt_of:list[int]|None=None):
+                 prompt_of:list[int]|None=None, past:DecodeState|None=None, past_of:list[int]|None=None, keep:Callable|None=None):
     """Decode all rows together with one KV cache; yield `(tokens [B], live [B] bool)` after every step. `cache`: 'dynamic'
     (grows each step), 'static' (preallocated, reused between calls) or 'compiled' (static, and every step after the prefill
     runs through `compiled_step`). `prompt_of`: row `i` of the batch continues prompt `rows[prompt_of[i]]` (one schedule a
-    row); a prompt that several rows continue (a group of G completions) is prefilled once and its keys and values copied."""
+    row); a prompt that several rows continue (a group of G completions) is prefilled once and its keys and values copied.
+    `past`, `past_of`: row `i` goes on from row `past_of[i]` of an earlier decode, `rows[i]` being the tokens that follow
+    what that row's cache holds; only they are prefilled, at the positions after the row's own. `keep`: called with this
+    decode's `DecodeState` once every row is done."""
     check_cache(cache)
-    hooks, row_inputs = hooks or GenerationHooks(), dict(row_inputs or {})
+    hooks, row_inputs = hooks or GenerationHooks(), {k: list(v) for k, v in (row_inputs or {}).items()}
+    if past is not None and (prompt_of is not None or past_of is None or len(past_of) != len(rows)):
+        raise ValueError(f"rows that go on from a past decode need past_of, one past row for each of the {len(rows)} rows (and no prompt_of)")
     prompt_of = list(range(len(rows))) if prompt_of is None else list(prompt_of)
     if len(prompt_of) != len(schedules): raise ValueError(f"{len(schedules)} schedules for {len(prompt_of)} rows")
-    n_rows = len(prompt_of)
-    if cache == 'compiled':   # the batch grown to `batch_bucket` rows by rows that are finished before they start
+    n_rows, rows = len(prompt_of), list(rows)
+    if cache != 'dynamic':   # the batch grown to `batch_bucket` rows by rows that are finished before they start
         extra = batch_bucket(n_rows) - n_rows
-        prompt_of, schedules = prompt_of + [0] * extra, list(schedules) + [RowSchedule(0) for _ in range(extra)]
+        schedules = list(schedules) + [RowSchedule(0) for _ in range(extra)]
+        if past is None: prompt_of += [0] * extra
+        else:                # each filler row goes on from past row past_of[0] with one pad token
+            rows, past_of, prompt_of = rows + [rows[0].new_full((1,), pad_token_id)] * extra, list(past_of) + [past_of[0]] * extra, list(range(n_rows + extra))
+            row_inputs = {k: v + [v[0].new_zeros(1)] * extra for k, v in row_inputs.items()}
     module = hooks.decoder(model)
     device = _device(module)
     ids, mask = left_pad([r.to(device) for r in rows], pad_token_id)
@@ -263,17 +296,20 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     inputs |= {k: left_pad([r.to(device) for r in v], 0)[0] for k, v in row_inputs.items()}
     first = hooks.prefill(model, ids, mask, inputs)
     if first.get('position_ids') is None: raise ValueError(f"{hooks.prefill.__name__} returned no position_ids")
-    shared = prompt_of != list(range(len(rows)))
-    index = torch.tensor(prompt_of, device=device)
-    n_new, text_config = max(s.max_new_tokens for s in schedules), module.config.get_text_config(decoder=True)
-    rows_mask = mask.index_select(0, index)
-    if cache == 'dynamic': kv = DynamicCache(config=text_config)
+    shared, index = prompt_of != list(range(len(rows))), torch.tensor(prompt_of, device=device)
+    n_new, key = max(s.max_new_tokens for s in schedules), _cache_kwarg(module)
+    if past is None:
+        kv, size = new_cache(module, cache, len(prompt_of), ids.shape[1] + n_new)
+        rows_mask = mask.index_select(0, index)
     else:
-        kv, size = static_cache(module, len(prompt_of), cache_size(ids.shape[1] + n_new))
-        rows_mask = torch.cat([rows_mask, mask.new_zeros(len(prompt_of), size - ids.shape[1])], 1)  # positions still to come are masked
-    key = _cache_kwarg(module)
+        at = torch.tensor(past_of, device=device)
+        kv, size, before = continue_cache(past, at, module, cache, ids.shape[1] + n_new)
+        first['position_ids'] = first['position_ids'] + past.next_pos.to(device).index_select(-2, at)
+        rows_mask = torch.cat([before, mask], 1)
+    end = rows_mask.shape[1]
+    if size is not None: rows_mask = torch.cat([rows_mask, rows_mask.new_zeros(len(prompt_of), size - end)], 1)  # positions still to come are masked
     if shared:
-        prefilled = DynamicCache(config=text_config)          # the prompts alone, then each row's prompt copied into `kv`
+        prefilled = DynamicCache(config=module.config.get_text_config(decoder=True))   # the prompts alone, then each row's copied into `kv`
         out = module(**first, attention_mask=mask, use_cache=True, logits_to_keep=1, **{key: prefilled})
         share_prefill(prefilled, kv, index)
         logits = out.logits[:, -1].index_select(0, index)
@@ -281,9 +317,9 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
         out = module(**first, attention_mask=rows_mask, use_cache=True, logits_to_keep=1, **{key: kv})
         logits = out.logits[:, -1]
     mask, step_fn = rows_mask, compiled_step(module) if cache == 'compiled' else module
-    pos, end = first['position_ids'][..., -1:].index_select(-2, index), ids.shape[1]
+    pos = last_pos = first['position_ids'][..., -1:].index_select(-2, index)
     history = ids.new_full((len(prompt_of), n_new), pad_token_id)  # what logits processors see
-    step = 0
+    step, fed = 0, [0] * len(prompt_of)
     while not all(s.done for s in schedules):
         proposal = pick(history[:, :step], logits).tolist()
         live = [not s.done for s in schedules]
@@ -291,10 +327,13 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
         history[:, step], step = tokens, step + 1
         yield tokens[:n_rows], torch.tensor(live[:n_rows])
         if all(s.done for s in schedules): break
-        if cache == 'dynamic': mask = torch.cat([mask, mask.new_ones(len(prompt_of), 1)], 1)
-        else: mask[:, end], end = 1, end + 1
-        pos = pos + 1
+        took = torch.tensor(live, device=device)      # the token fed is the row's own where the row took it; else its slot stays masked
+        if size is None: mask = torch.cat([mask, took[:, None].to(mask.dtype)], 1)
+        else: mask[:, end] = took
+        end, pos, fed = end + 1, pos + 1, [f + l for f, l in zip(fed, live)]
         logits = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}).logits[:, -1]
+    if keep is not None:
+        keep(DecodeState(kv, mask, end, last_pos + torch.tensor(fed, device=device)[:, None] + 1, fed))
 
 
 # %% ../nbs/09_generation.ipynb #685d97af

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from .conversation import Conversation, ImageRef, Text, ToolResult
 from .family import Family, Rendered, concat_visual, family_of, reuse_visuals
-from .generation import GenerationHooks, RowSchedule, decode_steps, token_picker
+from .generation import DecodeState, GenerationHooks, RowSchedule, decode_steps, token_picker
 from .tools import TOOL_CALL_CLOSE, Tools, answer_pending, default_tools, with_generated
 
 # %% auto #0
-__all__ = ['Rollout', 'result_text', 'logprob_picker', 'splice', 'Segment', 'splice_segments', 'RowState', 'decode_round',
-           'continue_row', 'finish_row', 'rollout', 'ScriptedDecoder', 'scripted_family', 'tool_trajectory']
+__all__ = ['Rollout', 'result_text', 'logprob_picker', 'splice', 'Segment', 'splice_segments', 'RowState', 'cached_tails',
+           'decode_round', 'continue_row', 'finish_row', 'rollout', 'ScriptedDecoder', 'scripted_family',
+           'tool_trajectory', 'ForcedText']
 
 # %% ../nbs/55_rollout.ipynb #b80c1206
 @dataclass
@@ -31,6 +32,7 @@ class Rollout:
     finished: bool                  # ended by a stop token (False: max_new_tokens or max_tool_calls reached)
     retokenized: int = 0            # stretches of sampled tokens whose text the family tokenizes otherwise (kept as sampled)
     tool_seconds: float = 0.0       # wall time spent running this row's tool calls
+    prefills: int = 1               # rounds that prefilled the whole trajectory (the first; later ones went on from the KV cache)
 
     @property
     def n_generated(self) -> int: return int((self.rendered.labels != -100).sum())
@@ -108,6 +110,9 @@ class RowState:
     tool_seconds: float = 0.0
     finished: bool = False
     done: bool = False
+    cached: torch.Tensor|None = None # the ids the last round's KV cache holds of this row (its prompt and the tokens fed)
+    slot: int|None = None            # its row in the last round's `DecodeState`
+    prefills: int = 0
 
     @property
     def prompt(self) -> Rendered: return splice_segments(self.rendered, self.segments)
@@ -119,24 +124,46 @@ def _close_id(tok) -> int|None:
     ids = tok(TOOL_CALL_CLOSE, add_special_tokens=False)['input_ids']
     return ids[0] if len(ids) == 1 else None
 
+def cached_tails(rows:list[RowState], prompts:list[Rendered]) -> list[Rendered]|None:
+    """What each row's `prompt` adds to the ids its last round's KV cache holds (`Rendered.suffix`): the tool's result and
+    the text around it. None where a row has no cache or its prompt does not start with the cached ids."""
+    tails = []
+    for r, p in zip(rows, prompts):
+        n = -1 if r.cached is None else len(r.cached)
+        if not 0 < n < len(p) or not torch.equal(p.input_ids[:n], r.cached): return None
+        try: tails.append(p.suffix(n))
+        except ValueError: return None           # the cache ends inside a visual: prefill the whole trajectory
+    return tails
+
 def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:int|None, tok, pick, last:dict,
-                 max_new_tokens:int, pad_token_id:int, cache:str='dynamic') -> None:
-    "One decode of `rows` together (each prefilled from its `prompt`): every row samples until a stop id, a `</tool_call>` or its token budget."
+                 max_new_tokens:int, pad_token_id:int, cache:str='dynamic', past:DecodeState|None=None) -> DecodeState:
+    """One decode of `rows` together: every row samples until a stop id, a `</tool_call>` or its token budget. With `past`
+    (the last round's `DecodeState`) each row prefills only what its `prompt` adds to its cached ids, on top of its keys and
+    values; else (or where a row's prompt does not start with them) each prompt is prefilled whole. Returns this round's state."""
     prompts = [r.prompt for r in rows]       # a group's rows hold one prompt object until they have sampled: it is prefilled once
-    keys = [id(p) for p in prompts] if fam.hooks.share_prompts else list(range(len(prompts)))
-    slot = {k: j for j, k in enumerate(dict.fromkeys(keys))}      # each prompt object once, in order of its first row
-    prompt_of, unique = [slot[k] for k in keys], [prompts[keys.index(k)] for k in slot]
+    tails = cached_tails(rows, prompts) if past is not None else None
+    if tails is not None: batch, how = tails, dict(past=past, past_of=[r.slot for r in rows])
+    else:
+        keys = [id(p) for p in prompts] if fam.hooks.share_prompts else list(range(len(prompts)))
+        slot = {k: j for j, k in enumerate(dict.fromkeys(keys))}      # each prompt object once, in order of its first row
+        batch, how = [prompts[keys.index(k)] for k in slot], dict(prompt_of=[slot[k] for k in keys])
+        for r in rows: r.prefills += 1
     for r in rows: r.segments.append(Segment(len(r.rendered)))
     schedules = [RowSchedule(max_new_tokens - r.n_generated, stop_ids | ({close_id} if close_id is not None else set())) for r in rows]
-    inputs, row_inputs = concat_visual(unique), {k: [p.row[k] for p in unique] for k in unique[0].row}
-    for tokens, live in decode_steps(model, [p.input_ids for p in unique], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id,
-                                     cache, prompt_of):
+    inputs, row_inputs, states = concat_visual(batch), {k: [p.row[k] for p in batch] for k in batch[0].row}, []
+    for tokens, live in decode_steps(model, [p.input_ids for p in batch], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id,
+                                     cache, keep=states.append, **how):
         lps = last['logprobs'][:len(tokens)].gather(1, tokens[:, None].to(last['logprobs'].device))[:, 0]
         tokens, lps = tokens.tolist(), lps.tolist()                # one copy to the host a step, not one per row
         for i in live.nonzero()[:, 0].tolist():
             seg = rows[i].segments[-1]
             seg.tokens.append(tokens[i]); seg.logprobs.append(lps[i])
             if close_id is None and tok.decode(seg.tokens[-8:]).endswith(TOOL_CALL_CLOSE): schedules[i].done = True
+    state = states[0]
+    for i, (r, p) in enumerate(zip(rows, prompts)):
+        r.slot, r.cached = i, torch.cat([p.input_ids, p.input_ids.new_tensor(r.segments[-1].tokens[:state.fed[i]])])
+    return state
+
 
 # %% ../nbs/55_rollout.ipynb #5f18fd51
 def continue_row(row:RowState, fam:Family, processor, tools:Tools, stop_ids:set, max_new_tokens:int, max_tool_calls:int,
@@ -178,16 +205,18 @@ def finish_row(row:RowState, fam:Family, processor, root=None) -> Rollout:
         old[s.start + shift:s.start + shift + len(s.tokens)] = torch.tensor(s.logprobs, dtype=torch.float32)
         shift += len(s.tokens) - (s.end - s.start)
     return Rollout(row.prompt_index, row.conversation, rendered, old, row.text, row.tool_calls, row.tool_errors, row.finished, retokenized,
-                   row.tool_seconds)
+                   row.tool_seconds, row.prefills)
 
 # %% ../nbs/55_rollout.ipynb #6d7d942e
 def rollout(model, processor, prompts:list[Conversation], group_size:int=8, family=None, max_new_tokens:int=256,
             max_tool_calls:int=3, tools:Tools|None=None, do_sample:bool=True, temperature:float=1.0, top_p:float=1.0,
             top_k:int|None=None, generator:torch.Generator|None=None, root=None, cache:str='dynamic',
-            logits_processor=None) -> list[Rollout]:
+            logits_processor=None, reuse_cache:bool=True) -> list[Rollout]:
     """`group_size` completions of each prompt, all rows decoded together; a row that writes `<tool_call>…</tool_call>` has
     the call run by `tools` (default: the crop tool, pixel boxes) on its prompt's image, the result appended at the call,
     and decodes on; `cache` is the decode engine's KV cache (`vlmkit.generation.CACHES`);
+    `reuse_cache`: after a tool call a row goes on from its KV cache, prefilling only the result and the text around it (where
+    the family's `hooks.reuse_cache` allows; False: the whole trajectory is prefilled again);
     `logits_processor`: transformers' processors, each called with the round's generated ids `[B, t]` and the scores. Prompt-major order: the `group_size` rollouts of prompt 0, then of prompt 1, ..."""
     fam = family_of(family if family is not None else model)
     tools = tools if tools is not None else default_tools()
@@ -203,8 +232,10 @@ def rollout(model, processor, prompts:list[Conversation], group_size:int=8, fami
         with reuse_visuals():                # each image and crop preprocessed once, however often its row is rendered
             rendered = [fam.render(p, processor, root=root) for p in prompts]
             rows = [RowState(i, p, r) for i, (p, r) in enumerate(zip(prompts, rendered)) for _ in range(group_size)]
+            state, reuse = None, reuse_cache and fam.hooks.reuse_cache
             while (live := [r for r in rows if not r.done]):
-                decode_round(model, fam, live, stop_ids, close_id, tok, pick, last, max_new_tokens, pad_token_id, cache)
+                state = decode_round(model, fam, live, stop_ids, close_id, tok, pick, last, max_new_tokens, pad_token_id, cache,
+                                     state if reuse else None)
                 for r in live: continue_row(r, fam, processor, tools, stop_ids, max_new_tokens, max_tool_calls, root)
             return [finish_row(r, fam, processor, root) for r in rows]
     finally: model.train(was_training)
@@ -241,7 +272,7 @@ def scripted_family(family, scripts) -> Family:
         state['prefilled'] = True
         return fam.hooks.prefill(model, ids, mask, inputs)
     return replace(fam, hooks=GenerationHooks(prefill=prefill, decoder=lambda model: ScriptedDecoder(fam.hooks.decoder(model), state),
-                                              share_prompts=False))   # the script follows each row from its own prefill
+                                              share_prompts=False, reuse_cache=False))   # the script follows each row from its own prefill
 
 # %% ../nbs/55_rollout.ipynb #8f7fb72f
 def tool_trajectory(prompt:Conversation, texts:list[str], tools:Tools|None=None, root=None, resized_sizes=()) -> Conversation:
@@ -252,3 +283,17 @@ def tool_trajectory(prompt:Conversation, texts:list[str], tools:Tools|None=None,
         conv, _ = with_generated(conv, text, tools)
         conv = answer_pending(conv, tools, root, resized_sizes)
     return conv
+
+# %% ../nbs/55_rollout.ipynb #1e19ebf1
+class ForcedText:
+    """A transformers logits processor that makes every row write `ids` from its `at`-th token on, in the first round of a
+    rollout (the first call whose generated ids start empty): a tool call from a model that writes none (random weights),
+    for tests and benchmarks. One instance per rollout."""
+    def __init__(self, ids, at:int=0): self.ids, self.at, self.round = list(ids), at, 0
+    def __call__(self, input_ids:torch.Tensor, scores:torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        if t == 0: self.round += 1
+        if self.round != 1 or not self.at <= t < self.at + len(self.ids): return scores
+        forced = torch.full_like(scores, float('-inf'))
+        forced[:, self.ids[t - self.at]] = 0.
+        return forced

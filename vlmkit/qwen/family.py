@@ -88,6 +88,12 @@ class QwenRendered(Rendered):
         out = super().prefix(n)
         return out if out is self or self.positions is None else replace(out, positions=self.positions[:, :n])
 
+    def suffix(self, n:int) -> QwenRendered:
+        """`Rendered.suffix` with the positions of the kept tokens, as they sit in the whole sample: the suffix's own
+        `rope_positions` moved up by one past the largest position before it, when it starts on text."""
+        out = super().suffix(n)
+        return out if out is self or self.positions is None else replace(out, positions=self.positions[:, n:])
+
 def rope_config(processor, tokens_per_second:int=TOKENS_PER_SECOND) -> SimpleNamespace:
     "The part of a Qwen2.5-VL config that `rope_positions` reads, from the processor (token ids, merge size) and `tokens_per_second`."
     image, video = processor.tokenizer.convert_tokens_to_ids([IMAGE_PAD, VIDEO_PAD])
