@@ -210,7 +210,7 @@ def cache_size(n:int, multiple:int=256) -> int:
     return -(-n // multiple) * multiple
 
 def batch_bucket(n:int) -> int:
-    "The power of two at or above `n`: a compiled step's batch sizes (its other rows are finished before they start)."
+    "The power of two at or above `n`: the batch sizes of static and compiled caches (the other rows are finished before they start)."
     return 1 << max(n - 1, 0).bit_length()
 
 _STATIC_CACHES = weakref.WeakKeyDictionary()   # module -> {(rows, device, dtype): (size, StaticCache)}; a cache never holds its module
