@@ -132,6 +132,7 @@ def mode_name(cache:str, reuse:bool) -> str: return cache if reuse else f"{cache
 
 def part_rollout(name, args, device):
     from vlmkit.family import FAMILIES
+    from vlmkit.generation import free_static_caches
     fam = FAMILIES[name]
     model, proc = build(fam, args.tiny, device)
     model.eval()
@@ -153,12 +154,18 @@ def part_rollout(name, args, device):
             rows.append(dict(cache=cache, reuse=reuse, mode=mode, error='OOM' if oom else f"{type(e).__name__}: {e}"[:160])); release()
     ok = [r for r in rows if 'error' not in r]
     for dtype in greedy_dtypes(args):          # greedy trajectories (ids) of each mode against the first mode's
+        free_static_caches(); release()        # the timed rows' static caches: a float32 model needs its own
         model.to(dtype)
         for r in ok:
-            greedy[r['mode']] = [x.rendered.input_ids for x in one_rollout(model, proc, fam, prompts, args, r['cache'], False, r['reuse'])]
-            r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(greedy[r['mode']], greedy[ok[0]['mode']])
+            try: greedy[r['mode']] = [x.rendered.input_ids for x in one_rollout(model, proc, fam, prompts, args, r['cache'], False, r['reuse'])]
+            except torch.OutOfMemoryError:
+                greedy[r['mode']] = None; free_static_caches(); release()
+            first = greedy[ok[0]['mode']]
+            r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = \
+                agreement(greedy[r['mode']], first) if greedy[r['mode']] is not None and first is not None else ('OOM', None)
         if ok: print(f"  {dtype_name(dtype)}: greedy trajectories identical to the {ok[0]['mode']} cache's: " +
                      ', '.join(f"{r['mode']} {r[f'same_greedy_{dtype_name(dtype)}']} of {r['rollouts']}" for r in ok), flush=True)
+    free_static_caches()
     model.to(torch.get_default_dtype())
     return dict(family=name, label=FAMILY_LABELS.get(name, name), rows=rows), (model, proc, fam, prompts)
 
@@ -192,6 +199,7 @@ def part_step(built, args, cache, workdir):
 def same_cell(r:dict, dtype:str, count:str='rows') -> str:
     "'k of n' greedy rows identical in `dtype`, with the median first differing token of the others."
     if f'same_greedy_{dtype}' not in r: return ''
+    if r[f'same_greedy_{dtype}'] == 'OOM': return 'out of memory'
     at = r.get(f'diverge_{dtype}')
     return f"{r[f'same_greedy_{dtype}']} of {r[count]}" + (f" (others differ from token {at})" if at is not None else '')
 

@@ -18,9 +18,10 @@ from .attention import register_decode_attention
 __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'KIND_COLORS', 'RowSchedule', 'per_row',
            'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs',
            'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'check_cache',
-           'cache_size', 'batch_bucket', 'static_cache', 'new_cache', 'compiled_step', 'share_prefill', 'DecodeState',
-           'continue_cache', 'decode_steps', 'Generation', 'collect', 'generation_default', 'BatchDecoder', 'generate',
-           'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate', 'split_thinking']
+           'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches', 'new_cache', 'compiled_step',
+           'share_prefill', 'DecodeState', 'continue_cache', 'decode_steps', 'Generation', 'collect',
+           'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
+           'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -215,21 +216,26 @@ def batch_bucket(n:int) -> int:
 
 _STATIC_CACHES = weakref.WeakKeyDictionary()   # module -> {(rows, device, dtype): (size, StaticCache)}; a cache never holds its module
 
-def static_cache(module, rows:int, size:int) -> tuple[StaticCache, int]:
+def static_cache(module, rows:int, size:int, reset:bool=True) -> tuple[StaticCache, int]:
     """`(cache, its size)`: a transformers `StaticCache` of `rows` rows and at least `size` positions, kept per module and
-    row count (the largest asked for) and reset for reuse, so that a compiled step finds its tensors where it left them."""
+    row count (the largest asked for) and reset for reuse (`reset=False`: the caller resets it), so that a compiled step
+    finds its tensors where it left them."""
     pool = _STATIC_CACHES.setdefault(module, {})
     key = (rows, _device(module), next(module.parameters()).dtype)
     if key in pool and pool[key][0] >= size:
-        pool[key][1].reset()
+        if reset: pool[key][1].reset()
         return pool[key][1], pool[key][0]
     pool[key] = (size, StaticCache(config=module.config.get_text_config(decoder=True), max_cache_len=size))
     return pool[key][1], size
 
-def new_cache(module, cache:str, rows:int, size:int) -> tuple[Cache, int|None]:
+def free_static_caches() -> None:
+    "Drop the static KV caches kept for reuse (their memory back, e.g. before a model changes dtype); the next call allocates anew."
+    _STATIC_CACHES.clear()
+
+def new_cache(module, cache:str, rows:int, size:int, reset:bool=True) -> tuple[Cache, int|None]:
     "`(an empty KV cache of kind `cache`, its positions)`: a `DynamicCache` (None: it grows), or the static one of `rows` rows for `size` positions."
     if cache == 'dynamic': return DynamicCache(config=module.config.get_text_config(decoder=True)), None
-    return static_cache(module, rows, cache_size(size))
+    return static_cache(module, rows, cache_size(size), reset)
 
 def compiled_step(module):
     """`module` through `torch.compile(mode='reduce-overhead')` (CUDA graphs on a GPU), compiled once per module and kept on it;
@@ -250,7 +256,7 @@ def share_prefill(prefilled:Cache, cache:Cache, prompt_of:torch.Tensor) -> Cache
 class DecodeState:
     """What a finished decode leaves for rows that go on (a rollout's next round, after a tool call): its KV cache, the slots
     each row attends, each row's next position, and how many of the row's new tokens the cache holds (all it took but the
-    last, which is in too where a step followed it)."""
+    last, which is in too where a step followed it). A decode that goes on from it takes its cache: a state goes on once."""
     cache: Cache
     mask: torch.Tensor               # [B, >= length]: 1 at the slots that hold the row's own tokens
     length: int                      # slots written
@@ -258,10 +264,14 @@ class DecodeState:
     fed: list                        # per row: how many of its new tokens are in the cache
 
 def continue_cache(past:DecodeState, rows:torch.Tensor, module, cache:str, more:int) -> tuple[Cache, int|None, torch.Tensor]:
-    "`(a KV cache of kind `cache` holding rows `rows` of `past`, its positions as `new_cache` gives them, their mask)`, with room for `more` positions."
-    kept = [(l.keys[:, :, :past.length].index_select(0, rows), l.values[:, :, :past.length].index_select(0, rows)) for l in past.cache.layers]
-    kv, size = new_cache(module, cache, len(rows), past.length + more)     # a static one may be past's own, reset: its rows are copied first
-    for i, (k, v) in enumerate(kept): kv.update(k, v, i)
+    """`(a KV cache of kind `cache` holding rows `rows` of `past`, its positions as `new_cache` gives them, their mask)`, with
+    room for `more` positions. Copied one layer at a time, each layer's rows taken before that layer is reset: a static
+    cache may be past's own, and a model's whole cache is never held twice."""
+    kv, size = new_cache(module, cache, len(rows), past.length + more, reset=False)
+    for i, layer in enumerate(past.cache.layers):
+        k, v = (t[:, :, :past.length].index_select(0, rows) for t in (layer.keys, layer.values))
+        if size is not None: kv.layers[i].reset()
+        kv.update(k, v, i)
     return kv, size, past.mask[:, :past.length].index_select(0, rows)
 
 @torch.no_grad()
@@ -304,6 +314,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     else:
         at = torch.tensor(past_of, device=device)
         kv, size, before = continue_cache(past, at, module, cache, ids.shape[1] + n_new)
+        past.cache = None                      # its rows are copied: a dynamic cache's memory goes back before this prefill
         first['position_ids'] = first['position_ids'] + past.next_pos.to(device).index_select(-2, at)
         rows_mask = torch.cat([before, mask], 1)
     end = rows_mask.shape[1]
