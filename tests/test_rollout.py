@@ -160,3 +160,27 @@ def test_static_cache_rollouts_reproduce_the_sft_render(fam, tiny):
     model, processor = tiny
     out = _check_reproduces(fam, processor, _synthetic()[:3], group_size=2, model=model, cache='static')
     assert [r.tool_calls for r in out] == [1, 1, 2, 2, 1, 1] and all(r.tool_seconds > 0 for r in out)
+
+def test_rollouts_go_on_from_the_cache_in_bf16(fam):
+    """A bf16 model (a GPU run's dtype; built and run under a bf16 default dtype too) goes on from its KV cache after a call:
+    one whole prefill a row, the crop in place, and the first token after the crop the one a whole prefill picks, with its
+    log-prob within bf16 rounding."""
+    from vlmkit.rollout import ForcedText
+    old = torch.get_default_dtype()
+    for default in (torch.float32, torch.bfloat16):
+        torch.set_default_dtype(default)
+        try:
+            model, processor = fam.tiny()
+            model.to(torch.bfloat16)
+            call = getattr(processor, 'tokenizer', processor)('<tool_call>Crop [8, 8, 100, 80]</tool_call>', add_special_tokens=False)['input_ids']
+            prompt = Conversation([Turn('user', [noise_image(4, (128, 96)), 'Where is it?'])])
+            run = lambda reuse: rollout(model, processor, [prompt], group_size=2, do_sample=False, max_new_tokens=32, max_tool_calls=1,
+                                        logits_processor=[ForcedText(call, 2)], reuse_cache=reuse)
+            kept, again = run(True), run(False)
+        finally: torch.set_default_dtype(old)
+        for k, a in zip(kept, again):
+            assert (k.tool_calls, k.tool_errors, k.prefills, a.prefills) == (1, 0, 1, 2), (fam.name, default)
+            assert k.rendered.spans == a.rendered.spans and len(k.rendered.spans) == 2      # the image and its crop, in the same place
+            after = k.rendered.spans[-1].end + int((k.rendered.labels[k.rendered.spans[-1].end:] != -100).nonzero()[0])
+            assert torch.equal(k.rendered.input_ids[:after + 1], a.rendered.input_ids[:after + 1]), (fam.name, default)
+            assert abs(float(k.old_logprobs[after] - a.old_logprobs[after])) < 0.05, (fam.name, default, k.old_logprobs[after], a.old_logprobs[after])
