@@ -19,6 +19,9 @@ engine's KV caches side by side, a training step's time split, and the plain tra
 3. Step split (`--parts step`): two GRPO steps of `vlmkit.grpo.GRPOTrainer` on the same prompts (LoRA r=16, the same
    forced crop, the fastest cache of part 2, `--train-tokens`), the second step's `time/*` logs: decoding, tools, rewards,
    training.
+4. Profile (`--parts profile`): where a decode step's time goes, on the reference batch with the last of `--caches`:
+   wall ms a step of vlmkit's `generate`, the GPU's kernel ms a step (torch.profiler), and the model's step alone on a
+   static cache; the gap between them is the host's work between steps.
 
 Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in rollout new tokens/s.
 
@@ -194,6 +197,44 @@ def part_step(built, args, cache, workdir):
     return dict(cache=cache, **split, tool_calls=last.get('tool_calls'), tool_errors=last.get('tool_errors'),
                 mean_length=last.get('completions/mean_length'))
 
+# ---- part 4: where a decode step's time goes ----
+
+def part_profile(args, device):
+    """vlmkit generate of the reference batch with the last of `--caches`: wall ms a step, the GPU's kernel ms a step
+    (torch.profiler, CUDA only), and the model's step alone on a static cache (no sampling, no bookkeeping, no prefill)."""
+    from torch.profiler import ProfilerActivity, profile
+    from vlmkit.generation import cache_size, compiled_step, free_static_caches, generate, static_cache
+    model, cache, n = reference_llm(args.tiny, device), args.caches[-1], args.new_tokens
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(1000 if not args.tiny else 10, model.config.vocab_size, (args.prompts, args.prompt_len), generator=g).to(device)
+    rows = rows.repeat_interleave(args.group, 0)
+    run = lambda: generate(model, list(rows), do_sample=True, temperature=1.0, top_k=None, max_new_tokens=n, eos_token_id=[],
+                           pad_token_id=0, cache=cache)
+    cuda = device.type == 'cuda'
+    with torch.no_grad():
+        run()                                                        # warm-up (the compiled cache compiles here)
+        _, secs = timed(run)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof: run(); sync()
+        events = prof.key_averages()
+        device_ms = lambda e: getattr(e, 'self_device_time_total', 0) / 1e3
+        kernel_ms = sum(device_ms(e) for e in events) / n if cuda else None
+        busiest = [f"{e.key[:48]} {device_ms(e) / n:.2f}" for e in sorted(events, key=device_ms, reverse=True)[:3]] if cuda else []
+        alone = None
+        if cache != 'dynamic':                                      # the step by itself: what the loop around it adds is the rest
+            step = compiled_step(model) if cache == 'compiled' else model
+            kv, size = static_cache(model, len(rows), cache_size(args.prompt_len + n))
+            ids, mask = rows[:, :1], torch.ones(len(rows), size, dtype=torch.long, device=device)
+            pos = torch.full((len(rows), 1), args.prompt_len, device=device)
+            one = lambda: step(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, past_key_values=kv)
+            for _ in range(3): one()
+            _, t = timed(lambda: [one() for _ in range(20)])
+            alone = t / 20 * 1e3
+    out = dict(cache=cache, rows=len(rows), new_tokens=n, step_ms=secs / n * 1e3, kernel_ms=kernel_ms, alone_ms=alone, busiest=busiest)
+    print(f"  {cache}: {out['step_ms']:.2f} ms a step (prefill included)" + (f", GPU kernels {kernel_ms:.2f} ms a step" if cuda else '')
+          + (f", the step alone {alone:.2f} ms" if alone is not None else ''), flush=True)
+    del model; free_static_caches(); release()
+    return out
+
 # ---- tables ----
 
 def same_cell(r:dict, dtype:str, count:str='rows') -> str:
@@ -229,11 +270,17 @@ def tables(res, card, args):
         for f in res['step']:
             if 'error' in f: print(f"| {f['label']} | | {f['error']} | | | | |"); continue
             print(f"| {f['label']} | {f['cache']} | {f['generation']:.2f} | {f['tools']:.3f} | {f['rewards']:.3f} | {f['reference']:.2f} | {f['training']:.2f} |")
+    if res.get('profile'):
+        p, cell = res['profile'], (lambda v: '' if v is None else f"{v:.2f}")
+        print(f"\n| decode step ({card}) | cache | rows | ms a step | GPU kernel ms a step | step alone ms | busiest kernels, ms a step |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| vlmkit generate, LLM reference | {p['cache']} | {p['rows']} | {p['step_ms']:.2f} | {cell(p['kernel_ms'])} | {cell(p['alone_ms'])} | "
+              f"{'; '.join(p['busiest'])} |")
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--tiny', action='store_true', help='tiny models and counts on CPU, float32 (smoke test of the same paths)')
-    ap.add_argument('--parts', default='reference,rollout,step', help='comma-separated: reference, rollout, step')
+    ap.add_argument('--parts', default='reference,rollout,step,profile', help='comma-separated: reference, rollout, step, profile')
     ap.add_argument('--families', default=','.join(FAMILY_LABELS), help=f"comma-separated, from {', '.join(FAMILY_LABELS)}")
     ap.add_argument('--caches', help="the engine's KV caches compared, the first the greedy reference (default dynamic,compiled; --tiny: dynamic,static)")
     ap.add_argument('--prompts', type=int, help='prompts per batch (default 4; --tiny: 2)')
@@ -254,7 +301,7 @@ def main():
         if getattr(args, k) is None: setattr(args, k, tiny if args.tiny else full)
     args.caches = args.caches.split(',')
     parts, families = args.parts.split(','), args.families.split(',')
-    if bad := [p for p in parts if p not in ('reference', 'rollout', 'step')]: ap.error(f"--parts: unknown {bad}")
+    if bad := [p for p in parts if p not in ('reference', 'rollout', 'step', 'profile')]: ap.error(f"--parts: unknown {bad}")
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
     from vlmkit.generation import CACHES
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
@@ -285,6 +332,9 @@ def main():
                 traceback.print_exc(); res.setdefault('step', []).append(dict(label=FAMILY_LABELS[name], error=f"{type(e).__name__}: {e}"[:160]))
             save()
         del built; release()
+    if 'profile' in parts:
+        print("Decode step profile (the LLM reference):", flush=True)
+        res['profile'] = part_profile(args, device); save()
     tables(res, card, args)
     print(f"total {time.perf_counter() - t0:.0f} s")
     bad = [f"{f['family']}/{r['mode']}: {r['error']}" for f in res.get('rollout', []) for r in f['rows'] if r.get('error', 'OOM') != 'OOM']
