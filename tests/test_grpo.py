@@ -106,6 +106,20 @@ def test_example_grpo_configs_read():
         assert cfg.family == f.stem and cfg.group_size == 8
 
 
+def test_rollout_reuse_cache_reaches_the_rollouts():
+    "`--no-rollout-reuse-cache` (after a call, prefill the whole trajectory again) is parsed into the config and handed to every rollout."
+    from vlmkit.cli import grpo_config, parser
+    folder = Path(tempfile.mkdtemp()); (folder/'x.jsonl').touch()
+    argv = ['grpo', '--family', 'qwen2_5_vl', '--model', 'tiny', '--train', str(folder/'x.jsonl'), '--output-dir', str(folder/'out')]
+    fam = FAMILIES['qwen2_5_vl']
+    for flags, reuse in (([], True), (['--no-rollout-reuse-cache'], False)):
+        cfg = grpo_config(parser().parse_args(argv + flags))
+        assert cfg.rollout_reuse_cache is reuse
+        model, processor = fam.tiny()
+        tr = grpo_trainer(cfg, prepare_model(model, fam, cfg, verbose=False), fam, processor, grounding_prompts(fam, n=2))
+        assert tr.rollout_kwargs['reuse_cache'] is reuse
+
+
 # --- learning, and a killed run resumed ---
 
 LEARN_REWARD = '''

@@ -263,6 +263,7 @@ class GRPOConfig(RunConfig):
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int|None = opt(None, "top-k sampling")
     rollout_cache: str = opt('dynamic', "the decode engine's KV cache: dynamic, static, or compiled (static, steps through torch.compile: CUDA graphs on a GPU; rollouts 1.5-3x the dynamic cache's on an H100, bench/RESULTS.md; compiled in the first step, its static cache kept between steps)")
+    rollout_reuse_cache: bool = opt(True, "after a tool call a rollout goes on from its KV cache, prefilling only the tool's result and the text around it (--no-rollout-reuse-cache: its whole trajectory prefilled again)")
     epsilon: float = opt(0.2, "lower clip: the ratio is clipped at 1 - epsilon")
     epsilon_high: float|None = opt(None, "upper clip at 1 + epsilon_high (DAPO's clip-higher, e.g. 0.28); epsilon when left out")
     beta: float = opt(0.0, "weight of the k3 KL to the reference (the adapter-disabled base; needs LoRA); 0: no reference forward")
@@ -476,7 +477,8 @@ def grpo_trainer(cfg:GRPOConfig, model, fam, processor, prompts:list, rollout_fn
                        reward_funcs=cfg.rewards, group_size=cfg.group_size, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                        beta=cfg.beta, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type, rollout_fn=rollout_fn, train_tokens=cfg.train_tokens,
                        rollout_kwargs=dict(max_new_tokens=cfg.max_new_tokens, max_tool_calls=cfg.max_tool_calls,
-                                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, cache=cfg.rollout_cache))
+                                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, cache=cfg.rollout_cache,
+                                           reuse_cache=cfg.rollout_reuse_cache))
 
 def grpo(cfg:GRPOConfig, rollout_fn=None) -> GRPOTrainer:
     "Train as `cfg` says, resuming from the last complete checkpoint in `cfg.output_dir`; the adapter is saved there."
