@@ -23,7 +23,8 @@ class Rollout:
 
 
 def text_rollout(model, processor, prompts, group_size=8, family=None, max_new_tokens=16, max_tool_calls=0, tools=None,
-                 do_sample=True, temperature=1.0, top_p=1.0, top_k=None, generator=None, cache='dynamic'):
+                 do_sample=True, temperature=1.0, top_p=1.0, top_k=None, generator=None, cache='dynamic',
+                 reuse_cache=True):
     fam = family_of(family if family is not None else model)
     tok = getattr(processor, 'tokenizer', processor)
     stops = set(fam.stop_ids(processor))

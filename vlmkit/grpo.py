@@ -470,7 +470,7 @@ def load_policy(cfg:GRPOConfig) -> tuple:
     return fam, prepare_model(model, fam, cfg, verbose=PartialState().is_main_process), processor
 
 def grpo_trainer(cfg:GRPOConfig, model, fam, processor, prompts:list, rollout_fn=None) -> GRPOTrainer:
-    "A `GRPOTrainer` of `cfg` over `prompts` (conversations)."
+    "A `GRPOTrainer` of `cfg` over `prompts` (conversations); `rollout_fn` (default `vlmkit.rollout.rollout`) is called with `rollout`'s keyword arguments."
     args = training_arguments(SimpleNamespace(**dataclasses.asdict(cfg), eval_steps=cfg.save_steps, num_workers=0),
                               per_device_train_batch_size=cfg.prompts_per_step)
     return GRPOTrainer(model=model, args=args, train_dataset=PromptDataset(prompts), processor=processor, family=fam,
