@@ -79,12 +79,21 @@ def plain_generate(model, ids, n, do_sample=True):
     return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=do_sample,
                           top_k=None, top_p=1.0, temperature=1.0)[:, ids.shape[1]:]
 
-def part_reference(args, device):
-    from vlmkit.generation import generate
-    model = reference_llm(args.tiny, device)
+def reference_batch(model, args, device) -> tuple[torch.Tensor, torch.Tensor]:
+    "(prompts [P, L], rows [P x G, L]): `--prompts` random prompts of `--prompt-len` tokens, each repeated `--group` times."
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(1000 if not args.tiny else 10, model.config.vocab_size, (args.prompts, args.prompt_len), generator=g).to(device)
-    rows = prompts.repeat_interleave(args.group, 0)
+    return prompts, prompts.repeat_interleave(args.group, 0)
+
+def vlmkit_generate(model, rows, n, cache, do_sample=True):
+    "vlmkit's `generate` of `rows` (a list of prompts), `n` new tokens each and no stop token: sampled at temperature 1, or greedy."
+    from vlmkit.generation import generate
+    sampling = dict(do_sample=True, temperature=1.0, top_k=None) if do_sample else {}
+    return generate(model, list(rows), max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache, **sampling)
+
+def part_reference(args, device):
+    model = reference_llm(args.tiny, device)
+    prompts, rows = reference_batch(model, args, device)
     n, out = args.new_tokens, []
     def row(mode, n_rows, fn):
         fn()                                   # warm-up (the compiled cache compiles here)
@@ -95,15 +104,13 @@ def part_reference(args, device):
         row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
         row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
         row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
-        kw = lambda cache: dict(max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache)
         for cache in args.caches:
-            row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache', len(rows),
-                lambda: generate(model, list(rows), do_sample=True, temperature=1.0, top_k=None, **kw(cache)))
+            row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache', len(rows), lambda: vlmkit_generate(model, rows, n, cache))
         for dtype in greedy_dtypes(args):          # greedy rows against transformers' greedy generate of the same batch
             model.to(dtype)
             greedy = plain_generate(model, rows, n, do_sample=False)
             for r, cache in zip(out[-len(args.caches):], args.caches):
-                ours = generate(model, list(rows), **kw(cache))
+                ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
                 r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(ours, greedy)
                 print(f"    {cache} cache, {dtype_name(dtype)}: greedy rows identical to transformers': "
                       f"{r[f'same_greedy_{dtype_name(dtype)}']} of {len(rows)} (median first difference at token {r[f'diverge_{dtype_name(dtype)}']})", flush=True)
@@ -203,13 +210,10 @@ def part_profile(args, device):
     """vlmkit generate of the reference batch with the last of `--caches`: wall ms a step, the GPU's kernel ms a step
     (torch.profiler, CUDA only), and the model's step alone on a static cache (no sampling, no bookkeeping, no prefill)."""
     from torch.profiler import ProfilerActivity, profile
-    from vlmkit.generation import cache_size, compiled_step, free_static_caches, generate, static_cache
+    from vlmkit.generation import cache_size, compiled_step, free_static_caches, static_cache
     model, cache, n = reference_llm(args.tiny, device), args.caches[-1], args.new_tokens
-    g = torch.Generator().manual_seed(0)
-    rows = torch.randint(1000 if not args.tiny else 10, model.config.vocab_size, (args.prompts, args.prompt_len), generator=g).to(device)
-    rows = rows.repeat_interleave(args.group, 0)
-    run = lambda: generate(model, list(rows), do_sample=True, temperature=1.0, top_k=None, max_new_tokens=n, eos_token_id=[],
-                           pad_token_id=0, cache=cache)
+    _, rows = reference_batch(model, args, device)
+    run = lambda: vlmkit_generate(model, rows, n, cache)
     cuda = device.type == 'cuda'
     with torch.no_grad():
         run()                                                        # warm-up (the compiled cache compiles here)
