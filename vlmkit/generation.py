@@ -330,7 +330,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     mask, step_fn = rows_mask, compiled_step(module) if cache == 'compiled' else module
     pos = last_pos = first['position_ids'][..., -1:].index_select(-2, index)
     history = ids.new_full((len(prompt_of), n_new), pad_token_id)  # what logits processors see
-    step, fed = 0, [0] * len(prompt_of)
+    step, live = 0, [False] * len(prompt_of)
     while not all(s.done for s in schedules):
         proposal = pick(history[:, :step], logits).tolist()
         live = [not s.done for s in schedules]
@@ -341,9 +341,10 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
         took = torch.tensor(live, device=device)      # the token fed is the row's own where the row took it; else its slot stays masked
         if size is None: mask = torch.cat([mask, took[:, None].to(mask.dtype)], 1)
         else: mask[:, end] = took
-        end, pos, fed = end + 1, pos + 1, [f + l for f, l in zip(fed, live)]
+        end, pos = end + 1, pos + 1
         logits = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}).logits[:, -1]
-    if keep is not None:
+    if keep is not None:     # each token a row took went in with the step after it, but for those of the last step
+        fed = [len(s.tokens) - l for s, l in zip(schedules, live)]
         keep(DecodeState(kv, mask, end, last_pos + torch.tensor(fed, device=device)[:, None] + 1, fed))
 
 
