@@ -19,9 +19,9 @@ __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHE
            'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs',
            'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'check_cache',
            'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches', 'new_cache', 'compiled_step',
-           'share_prefill', 'DecodeState', 'continue_cache', 'decode_steps', 'Generation', 'collect',
-           'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
-           'stream_generate', 'split_thinking']
+           'share_prefill', 'DecodeState', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation',
+           'collect', 'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
+           'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -42,6 +42,11 @@ class RowSchedule:
     def budget_spent(self) -> bool:
         "True at the step where the row has used its budget without closing its thought: the forced ids start here."
         return len(self.tokens) == self.budget and not self.closed and not self.pending
+
+    def next_forced(self) -> int|None:
+        "The id the row's next `push` takes whatever is proposed (a forced id), else None."
+        if self.pending: return self.pending[0]
+        return self.forced_ids[0] if self.budget_spent() else None
 
     def push(self, proposed:int) -> int:
         "Append the row's next token: the proposal, or a forced id. Returns the token taken."
@@ -275,6 +280,46 @@ def continue_cache(past:DecodeState, rows:torch.Tensor, module, cache:str, more:
     return kv, size, past.mask[:, :past.length].index_select(0, rows)
 
 @torch.no_grad()
+class RowEnds:
+    """Each row's liveness, token budget and stop ids on the device, so a step's tokens and which rows end are known there
+    without the host: the host reads a step while the next forward runs."""
+    def __init__(self, schedules:list[RowSchedule], device):
+        width = max([len(s.eos_ids) for s in schedules] + [1])
+        self.stops = torch.tensor([sorted(s.eos_ids) + [-1] * (width - len(s.eos_ids)) for s in schedules], device=device).reshape(len(schedules), width)
+        self.left = torch.tensor([s.max_new_tokens - len(s.tokens) for s in schedules], device=device)
+        self.live = torch.tensor([not s.done for s in schedules], device=device)
+
+    def choose(self, proposal:torch.Tensor, forced:list, pad_token_id:int) -> tuple[torch.Tensor, torch.Tensor]:
+        "`(tokens [B], took [B])` of a step: `proposal`, or a row's forced id (None: none), pad where the row is finished."
+        if any(f is not None for f in forced):
+            where = torch.tensor([f is not None for f in forced], device=proposal.device)
+            proposal = torch.where(where, torch.tensor([0 if f is None else f for f in forced], device=proposal.device), proposal)
+        took = self.live
+        tokens = torch.where(took, proposal, pad_token_id)
+        self.left = self.left - took.long()
+        self.live = took & ~((tokens[:, None] == self.stops).any(1) | (self.left <= 0))
+        return tokens, took
+
+    def all_last(self, schedules:list[RowSchedule]) -> bool:
+        "True when every row is finished or takes its last token in this step (its budget spent): no forward is needed after it."
+        return all(s.done or len(s.tokens) + 1 >= s.max_new_tokens for s in schedules)
+
+    def sync(self, schedules:list[RowSchedule], done:list[bool]) -> None:
+        "Finish on the device the rows that finished on the host after `done` was read (the caller set `schedule.done`)."
+        stopped = [i for i, (s, d) in enumerate(zip(schedules, done)) if s.done and not d]
+        if stopped: self.live[torch.tensor(stopped, device=self.live.device)] = False
+
+class HostCopy:
+    "`HostCopy(device)(t)` starts copying `t` to the host (pinned memory, asynchronous on CUDA) and returns a function that waits for it and gives `t.tolist()`."
+    def __init__(self, device): self.cuda = torch.device(device).type == 'cuda'
+    def __call__(self, t:torch.Tensor):
+        if not self.cuda: return t.tolist
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        done = torch.cuda.Event(); done.record()
+        return lambda: (done.synchronize(), host.tolist())[1]
+
+@torch.no_grad()                  # inference only: a caller training with gradients on (GRPO) keeps no graph of the steps
 def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pick, inputs:dict|None=None,
                  row_inputs:dict|None=None, hooks:GenerationHooks|None=None, pad_token_id:int=0, cache:str='dynamic',
                  prompt_of:list[int]|None=None, past:DecodeState|None=None, past_of:list[int]|None=None, keep:Callable|None=None):
@@ -330,21 +375,30 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     mask, step_fn = rows_mask, compiled_step(module) if cache == 'compiled' else module
     pos = last_pos = first['position_ids'][..., -1:].index_select(-2, index)
     history = ids.new_full((len(prompt_of), n_new), pad_token_id)  # what logits processors see
-    step, live = 0, [False] * len(prompt_of)
-    while not all(s.done for s in schedules):
-        proposal = pick(history[:, :step], logits).tolist()
-        live = [not s.done for s in schedules]
-        tokens = torch.tensor([s.push(p) if l else pad_token_id for s, p, l in zip(schedules, proposal, live)], device=device)
-        history[:, step], step = tokens, step + 1
-        yield tokens[:n_rows], torch.tensor(live[:n_rows])
+    ends, to_host, live, forward = RowEnds(schedules, device), HostCopy(device), [False] * len(prompt_of), False
+    for step in range(n_new):
         if all(s.done for s in schedules): break
-        took = torch.tensor(live, device=device)      # the token fed is the row's own where the row took it; else its slot stays masked
-        if size is None: mask = torch.cat([mask, took[:, None].to(mask.dtype)], 1)
-        else: mask[:, end] = took
-        end, pos = end + 1, pos + 1
-        logits = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}).logits[:, -1]
-    if keep is not None:     # each token a row took went in with the step after it, but for those of the last step
-        fed = [len(s.tokens) - l for s, l in zip(schedules, live)]
+        # the step's tokens, chosen on the device: the proposal, a forced id where the host queued one, pad for finished rows
+        tokens, took = ends.choose(pick(history[:, :step], logits), [None if s.done else s.next_forced() for s in schedules], pad_token_id)
+        history[:, step] = tokens
+        copied = to_host(torch.stack([tokens, took.long()]))
+        forward = not ends.all_last(schedules)   # the next forward runs before the host reads this step, unless no row can go on
+        if forward:     # the token fed is the row's own where the row took it; else its slot stays masked
+            if size is None: mask = torch.cat([mask, took[:, None].to(mask.dtype)], 1)
+            else: mask[:, end] = took
+            end, pos = end + 1, pos + 1
+            out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv})
+        tokens, live = copied()                       # the host's copy, read while the forward runs
+        live = [bool(l) for l in live]
+        for s, t, l in zip(schedules, tokens, live):
+            if l and s.push(t) != t: raise RuntimeError(f"a row took {t} on the device and another token on the host")
+        done = [s.done for s in schedules]
+        yield torch.tensor(tokens[:n_rows]), torch.tensor(live[:n_rows])
+        ends.sync(schedules, done)                     # rows the caller finished (their schedule's `done` set) stop on the device too
+        if all(s.done for s in schedules) or not forward: break
+        logits = out.logits[:, -1]
+    if keep is not None:     # each token a row took went in with the step after it, but for those of a last step no forward followed
+        fed = [len(s.tokens) - (l and not forward) for s, l in zip(schedules, live)]
         keep(DecodeState(kv, mask, end, last_pos + torch.tensor(fed, device=device)[:, None] + 1, fed))
 
 

@@ -45,7 +45,8 @@ def result_text(result:ToolResult) -> str:
 def logprob_picker(do_sample:bool=True, temperature:float=1.0, top_k:int|None=None, top_p:float=1.0, generator=None, banned=(),
                    logits_processor=None):
     """`(pick, last)`: the engine's `token_picker` (transformers' `logits_processor`s first, then never a `banned` id), which keeps
-    each step's `log_softmax(logits / temperature)`, the policy's own distribution, in `last['logprobs']`."""
+    each step's `log_softmax(logits / temperature)`, the policy's own distribution, in `last['logprobs']`, and appends the
+    step's picked ids and their log-probs, on the device, to `last['picked']` (where one is set: a list)."""
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     banned = sorted(set(banned))
     index = {}                                                  # device -> the banned ids there, made once
@@ -56,7 +57,9 @@ def logprob_picker(do_sample:bool=True, temperature:float=1.0, top_k:int|None=No
     pick, last = token_picker(do_sample, temperature, top_k, top_p, procs, generator), {}
     def pick_and_keep(generated:torch.Tensor, logits:torch.Tensor) -> torch.Tensor:
         last['logprobs'] = torch.log_softmax(logits.float() / temperature, -1)
-        return pick(generated, logits)
+        ids = pick(generated, logits)
+        if last.get('picked') is not None: last['picked'].append((ids, last['logprobs'].gather(1, ids[:, None])[:, 0]))
+        return ids
     return pick_and_keep, last
 
 # %% ../nbs/55_rollout.ipynb #201a330f
@@ -151,14 +154,20 @@ def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:
     for r in rows: r.segments.append(Segment(len(r.rendered)))
     schedules = [RowSchedule(max_new_tokens - r.n_generated, stop_ids | ({close_id} if close_id is not None else set())) for r in rows]
     inputs, row_inputs, states = concat_visual(batch), {k: [p.row[k] for p in batch] for k in batch[0].row}, []
-    for tokens, live in decode_steps(model, [p.input_ids for p in batch], schedules, pick, inputs, row_inputs, fam.hooks, pad_token_id,
-                                     cache, keep=states.append, **how):
-        lps = last['logprobs'][:len(tokens)].gather(1, tokens[:, None].to(last['logprobs'].device))[:, 0]
-        tokens, lps = tokens.tolist(), lps.tolist()                # one copy to the host a step, not one per row
+    last['picked'], taken = [], []                # each step's picked ids and log-probs stay on the device until the round ends
+    for step, (tokens, live) in enumerate(decode_steps(model, [p.input_ids for p in batch], schedules, pick, inputs, row_inputs,
+                                                       fam.hooks, pad_token_id, cache, keep=states.append, **how)):
+        tokens = tokens.tolist()
         for i in live.nonzero()[:, 0].tolist():
             seg = rows[i].segments[-1]
-            seg.tokens.append(tokens[i]); seg.logprobs.append(lps[i])
+            seg.tokens.append(tokens[i]); taken.append((step, i))
             if close_id is None and tok.decode(seg.tokens[-8:]).endswith(TOOL_CALL_CLOSE): schedules[i].done = True
+    picked, last['picked'] = last['picked'], None
+    ids, lps = (torch.stack(t).tolist() for t in zip(*picked)) if picked else ([], [])   # one copy to the host a round
+    for step, i in taken:
+        seg = rows[i].segments[-1]
+        if ids[step][i] != seg.tokens[len(seg.logprobs)]: raise RuntimeError(f"row {i} took a token at step {step} that was not picked")
+        seg.logprobs.append(lps[step][i])
     state = states[0]
     for i, (r, p) in enumerate(zip(rows, prompts)):
         r.slot, r.cached = i, torch.cat([p.input_ids, p.input_ids.new_tensor(r.segments[-1].tokens[:state.fed[i]])])
