@@ -279,7 +279,6 @@ def continue_cache(past:DecodeState, rows:torch.Tensor, module, cache:str, more:
         kv.update(k, v, i)
     return kv, size, past.mask[:, :past.length].index_select(0, rows)
 
-@torch.no_grad()
 class RowEnds:
     """Each row's liveness, token budget and stop ids on the device, so a step's tokens and which rows end are known there
     without the host: the host reads a step while the next forward runs."""
@@ -319,7 +318,7 @@ class HostCopy:
         done = torch.cuda.Event(); done.record()
         return lambda: (done.synchronize(), host.tolist())[1]
 
-@torch.no_grad()                  # inference only: a caller training with gradients on (GRPO) keeps no graph of the steps
+@torch.no_grad()
 def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pick, inputs:dict|None=None,
                  row_inputs:dict|None=None, hooks:GenerationHooks|None=None, pad_token_id:int=0, cache:str='dynamic',
                  prompt_of:list[int]|None=None, past:DecodeState|None=None, past_of:list[int]|None=None, keep:Callable|None=None):
