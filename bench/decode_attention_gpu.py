@@ -1,0 +1,90 @@
+"""Decode attention, one layer: how fast each way of attending reads the KV cache, at the decode engine's shapes.
+
+A decode step's attention reads every cached key and value of every row once; with long VLM prompts it is the largest
+part of the step (see RESULTS.md). One query token a row, `--rows` (32) rows, 8 key/value heads with 2 query heads each,
+head dim 128, bf16, each row's cache filled to a random length between half and all of `--positions` (the rest masked).
+Ways, all the same function (checked against the first):
+
+- `vlmkit_sdpa`: PyTorch's SDPA on the query heads grouped by key/value head, with the padding mask (what the engine's
+  compiled step runs), eager and under `torch.compile`;
+- SDPA without a mask (the bound: what a kernel that skips masked positions by length could read at);
+- transformers' SDPA path, `repeat_kv` before SDPA (a copy of the cache per query head);
+- matmul, softmax, matmul, under `torch.compile`;
+- FlexAttention under `torch.compile`, a block mask by row length (CUDA only).
+
+Reported: microseconds a call (best of `--repeats` timed loops) and the whole cache's bytes (keys and values) over that time.
+
+    python bench/decode_attention_gpu.py                         # GPU: 1,280, 4,096 and 8,192 positions
+    python bench/decode_attention_gpu.py --tiny                  # CPU, seconds: the same calls, tiny shapes, eager only
+"""
+import argparse, time
+import torch
+import torch.nn.functional as F
+
+def sync():
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+
+def us_per_call(fn, n:int, repeats:int) -> float:
+    for _ in range(3): fn()
+    best = float('inf')
+    for _ in range(repeats):
+        sync(); t = time.perf_counter()
+        for _ in range(n): fn()
+        sync(); best = min(best, (time.perf_counter() - t) / n * 1e6)
+    return best
+
+def ways(q, k, v, lengths, compile:bool) -> dict:
+    "name -> a function of no arguments computing the attention `[B, H, 1, D]` one way."
+    B, H, _, D = q.shape
+    kv, S = k.shape[1], k.shape[2]
+    mask = (torch.arange(S, device=q.device)[None] < lengths[:, None])[:, None, None]    # [B, 1, 1, S]
+    grouped = lambda q, k, v, m: F.scaled_dot_product_attention(q.reshape(B, kv, H // kv, D), k, v, attn_mask=m).reshape(B, H, 1, D)
+    def matmuls(q, k, v, m):
+        s = (q.reshape(B, kv, H // kv, D).float() @ k.transpose(-1, -2).float()) * D ** -0.5
+        return (s.masked_fill(~m, float('-inf')).softmax(-1).to(v.dtype) @ v).reshape(B, H, 1, D)
+    out = {'vlmkit_sdpa, eager': lambda: grouped(q, k, v, mask),
+           'SDPA without a mask (reads every position)': lambda: F.scaled_dot_product_attention(q.reshape(B, kv, H // kv, D), k, v),
+           'repeat_kv, then SDPA': lambda: F.scaled_dot_product_attention(q, k.repeat_interleave(H // kv, 1), v.repeat_interleave(H // kv, 1), attn_mask=mask)}
+    if compile:
+        out['vlmkit_sdpa, compiled'] = (lambda f: lambda: f(q, k, v, mask))(torch.compile(grouped, dynamic=False))
+        out['matmul, softmax, matmul, compiled'] = (lambda f: lambda: f(q, k, v, mask))(torch.compile(matmuls, dynamic=False))
+    else: out['matmul, softmax, matmul, eager'] = lambda: matmuls(q, k, v, mask)
+    if compile and q.device.type == 'cuda':
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        blocks = create_block_mask(lambda b, h, qi, ki: ki < lengths[b], B, None, 1, S, device=q.device)
+        flex = torch.compile(flex_attention, dynamic=False)
+        out['FlexAttention, compiled'] = lambda: flex(q, k, v, block_mask=blocks, enable_gqa=True)
+    return out
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--tiny', action='store_true', help='CPU, tiny shapes, eager only (smoke test of the same calls)')
+    ap.add_argument('--rows', type=int, help='rows (default 32; --tiny: 4)')
+    ap.add_argument('--positions', type=int, nargs='+', help='cache positions (default 1280 4096 8192; --tiny: 64)')
+    ap.add_argument('--repeats', type=int, default=3, help='timed loops, the best counts')
+    args = ap.parse_args()
+    device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
+    rows, positions = args.rows or (4 if args.tiny else 32), args.positions or ([64] if args.tiny else [1280, 4096, 8192])
+    kv, groups, D, n = (2, 2, 16, 5) if args.tiny else (8, 2, 128, 100)
+    dtype = torch.bfloat16
+    card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
+    print(f"{card}; torch {torch.__version__}; {rows} rows, {kv} KV heads x {groups} query heads, head dim {D}, bf16", flush=True)
+    print(f"\n| decode attention, one layer ({card}) | positions | us a call | whole cache, GB/s | max difference to the first |")
+    print("|---|---:|---:|---:|---:|")
+    g = torch.Generator(device='cpu').manual_seed(0)
+    for S in positions:
+        q = torch.randn(rows, kv * groups, 1, D, generator=g).to(device, dtype)
+        k, v = (torch.randn(rows, kv, S, D, generator=g).to(device, dtype) for _ in range(2))
+        lengths = torch.randint(S // 2, S + 1, (rows,), generator=g).to(device)
+        first = None
+        for name, fn in ways(q, k, v, lengths, compile=not args.tiny).items():
+            try:
+                out = fn().float()
+                first = out if first is None else first
+                us = us_per_call(fn, n, args.repeats)
+                diff = (out - first).abs().max().item() if 'without a mask' not in name else float('nan')
+                print(f"| {name} | {S} | {us:.1f} | {2 * k.numel() * k.element_size() / us / 1e3:.0f} | "
+                      f"{'' if diff != diff else f'{diff:.1e}'} |", flush=True)
+            except Exception as e: print(f"| {name} | {S} | failed: {type(e).__name__}: {str(e)[:80]} | | |", flush=True)
+
+if __name__ == '__main__': main()
