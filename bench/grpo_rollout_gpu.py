@@ -224,7 +224,7 @@ def part_profile(args, device):
         device_ms = lambda e: getattr(e, 'self_device_time_total', 0) / 1e3
         kernels = [e for e in events if not e.key.startswith(('## ', 'aten::'))]   # kernels, not the ranges and ops around them
         attention_ms = sum(device_ms(e) for e in kernels if any(k in e.key.lower() for k in ('sdpa', 'fmha', 'flash', 'attention'))) / n if cuda else None
-        busiest = [f"{e.key[:60]} {device_ms(e) / n:.3f}" for e in sorted(events, key=device_ms, reverse=True)[:12]] if cuda else []
+        busiest = [f"{e.key[:60]} {device_ms(e) / n:.3f}" for e in sorted(kernels, key=device_ms, reverse=True)[:12]] if cuda else []
         if cuda: print('  busiest kernels, ms a step:\n    ' + '\n    '.join(busiest), flush=True)
         alone = None
         if cache != 'dynamic':                                      # the step by itself: what the loop around it adds is the rest
