@@ -163,7 +163,7 @@ def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:
             seg.tokens.append(tokens[i]); taken.append((step, i))
             if close_id is None and tok.decode(seg.tokens[-8:]).endswith(TOOL_CALL_CLOSE): schedules[i].done = True
     picked, last['picked'] = last['picked'], None
-    ids, lps = (torch.stack(t).tolist() for t in zip(*picked)) if picked else ([], [])   # one copy to the host a round
+    ids, lps = (torch.stack(t).tolist() for t in zip(*picked)) if picked else ([], [])   # to the host once a round, not every step
     for step, i in taken:
         seg = rows[i].segments[-1]
         if ids[step][i] != seg.tokens[len(seg.logprobs)]: raise RuntimeError(f"row {i} took a token at step {step} that was not picked")
