@@ -2,7 +2,8 @@
 
 A decode step's attention reads every cached key and value of every row once; with long VLM prompts it is the largest
 part of the step (see RESULTS.md). One query token a row, `--rows` (32) rows, 8 key/value heads with 2 query heads each,
-head dim 128, bf16, each row's cache filled to a random length between half and all of `--positions` (the rest masked).
+head dim 128, bf16, each row's cache filled to a random length between half and all of `--positions` (the rest masked),
+never shorter than the shared prompt below.
 Ways, all the same function (checked against the first):
 
 - `vlmkit_sdpa`: PyTorch's SDPA on the query heads grouped by key/value head, with the padding mask (what the engine's
@@ -10,7 +11,10 @@ Ways, all the same function (checked against the first):
 - SDPA without a mask (the bound: what a kernel that skips masked positions by length could read at);
 - transformers' SDPA path, `repeat_kv` before SDPA (a copy of the cache per query head);
 - matmul, softmax, matmul, under `torch.compile`;
-- FlexAttention under `torch.compile`, a block mask by row length (CUDA only).
+- FlexAttention under `torch.compile`, a block mask by row length (CUDA only);
+- `shared_prefix_attention` under `torch.compile` (what the engine's compiled step runs for rows that share a prompt):
+  the rows in groups of `--group` (8) share their first positions, all but the last 256 (a prompt and 256 new tokens), so
+  each group's prompt is read once and each row's own positions row by row.
 
 Reported: microseconds a call (best of `--repeats` timed loops) and the whole cache's bytes (keys and values) over that time.
 
@@ -20,6 +24,7 @@ Reported: microseconds a call (best of `--repeats` timed loops) and the whole ca
 import argparse, time
 import torch
 import torch.nn.functional as F
+from vlmkit.attention import shared_prefix_attention
 
 def sync():
     if torch.cuda.is_available(): torch.cuda.synchronize()
@@ -33,7 +38,7 @@ def us_per_call(fn, n:int, repeats:int) -> float:
         sync(); best = min(best, (time.perf_counter() - t) / n * 1e6)
     return best
 
-def ways(q, k, v, lengths, compile:bool) -> dict:
+def ways(q, k, v, lengths, compile:bool, group:int, slots:int) -> dict:
     "name -> a function of no arguments computing the attention `[B, H, 1, D]` one way."
     B, H, _, D = q.shape
     kv, S = k.shape[1], k.shape[2]
@@ -49,6 +54,9 @@ def ways(q, k, v, lengths, compile:bool) -> dict:
         out['vlmkit_sdpa, compiled'] = (lambda f: lambda: f(q, k, v, mask))(torch.compile(grouped, dynamic=False))
         out['matmul, softmax, matmul, compiled'] = (lambda f: lambda: f(q, k, v, mask))(torch.compile(matmuls, dynamic=False))
     else: out['matmul, softmax, matmul, eager'] = lambda: matmuls(q, k, v, mask)
+    shared = lambda q, k, v, m: shared_prefix_attention(q, k, v, m, group, slots).transpose(1, 2)   # [B, 1, H, D] -> [B, H, 1, D]
+    name = f"shared_prefix_attention, groups of {group} rows read {slots} prompt positions once"
+    out[name + (', compiled' if compile else ', eager')] = (lambda f: lambda: f(q, k, v, mask))(torch.compile(shared, dynamic=False) if compile else shared)
     if compile and q.device.type == 'cuda':
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         blocks = create_block_mask(lambda b, h, qi, ki: ki < lengths[b], B, None, 1, S, device=q.device)
@@ -62,10 +70,12 @@ def main():
     ap.add_argument('--rows', type=int, help='rows (default 32; --tiny: 4)')
     ap.add_argument('--positions', type=int, nargs='+', help='cache positions (default 1280 4096 8192; --tiny: 64)')
     ap.add_argument('--repeats', type=int, default=3, help='timed loops, the best counts')
+    ap.add_argument('--group', type=int, help='rows that share a prompt (default 8; --tiny: 2)')
     args = ap.parse_args()
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     rows, positions = args.rows or (4 if args.tiny else 32), args.positions or ([64] if args.tiny else [1280, 4096, 8192])
     kv, groups, D, n = (2, 2, 16, 5) if args.tiny else (8, 2, 128, 100)
+    group, new = args.group or (2 if args.tiny else 8), 16 if args.tiny else 256
     dtype = torch.bfloat16
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     print(f"{card}; torch {torch.__version__}; {rows} rows, {kv} KV heads x {groups} query heads, head dim {D}, bf16", flush=True)
@@ -75,9 +85,11 @@ def main():
     for S in positions:
         q = torch.randn(rows, kv * groups, 1, D, generator=g).to(device, dtype)
         k, v = (torch.randn(rows, kv, S, D, generator=g).to(device, dtype) for _ in range(2))
-        lengths = torch.randint(S // 2, S + 1, (rows,), generator=g).to(device)
+        slots = S - new
+        for t in (k, v): t[:, :, :slots] = t[::group, :, :slots].repeat_interleave(group, 0)    # each group's rows hold one prompt
+        lengths = torch.randint(max(S // 2, slots + 1), S + 1, (rows,), generator=g).to(device)
         first = None
-        for name, fn in ways(q, k, v, lengths, compile=not args.tiny).items():
+        for name, fn in ways(q, k, v, lengths, not args.tiny, group, slots).items():
             try:
                 out = fn().float()
                 first = out if first is None else first

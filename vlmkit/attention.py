@@ -13,8 +13,9 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
            'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
-           'varlen_attention_forward', 'register_varlen_attention', 'gqa_sdpa_attention_forward',
-           'register_decode_attention', 'attention_kernels', 'keep_attention_context']
+           'varlen_attention_forward', 'register_varlen_attention', 'attend_with_lse', 'merge_attention',
+           'shares_prefix', 'shared_prefix_attention', 'gqa_sdpa_attention_forward', 'register_decode_attention',
+           'attention_kernels', 'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -238,16 +239,69 @@ def register_varlen_attention():
     AttentionMaskInterface.register(VARLEN_IMPL, _varlen_mask)
     return VARLEN_IMPL
 
+# %% ../nbs/04_attention.ipynb #d61bc2ad
+from torch.nn.attention.flex_attention import flex_attention
+
+def attend_with_lse(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, mask:torch.Tensor, scale:float|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of `q` `[N, H, M, D]` on `k`, `v` `[N, H, L, D]` at the positions `mask` `[N, L]` (bool) allows: `(out [N, H, M, D],
+    its log-sum-exp [N, H, M] float32)`; a query with no allowed position gets zeros and -inf."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if torch.compiler.is_compiling():
+        allowed = lambda score, b, h, q_idx, k_idx: torch.where(mask[b, k_idx], score, float('-inf'))
+        out, lse = flex_attention(q, k, v, score_mod=allowed, scale=scale, return_lse=True)
+        return out, lse.float()
+    s = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~mask[:, None, None], float('-inf'))
+    lse = s.logsumexp(-1)
+    p = (s - torch.where(lse.isfinite(), lse, 0)[..., None]).exp()
+    return (p @ v.float()).to(q.dtype), lse
+
+def merge_attention(out_a:torch.Tensor, lse_a:torch.Tensor, out_b:torch.Tensor, lse_b:torch.Tensor) -> torch.Tensor:
+    "The attention output over two disjoint sets of keys, from each set's output `[..., M, D]` and log-sum-exp `[..., M]`."
+    lse = torch.logaddexp(lse_a, lse_b)
+    weight = lambda part: (part - torch.where(lse.isfinite(), lse, 0)).exp()[..., None]
+    return (out_a.float() * weight(lse_a) + out_b.float() * weight(lse_b)).to(out_a.dtype)
+
+# %% ../nbs/04_attention.ipynb #7037d2a6
+def shares_prefix(query:torch.Tensor, key:torch.Tensor, attention_mask, shared_prefix, sliding_window=None) -> bool:
+    "Can this decode step's attention read a shared prefix once a group: one query token, groups that divide the batch, slots before the cache's end, a boolean mask, no sliding window."
+    if shared_prefix is None or sliding_window is not None or query.shape[2] != 1: return False
+    group, slots = shared_prefix
+    if attention_mask is not None and attention_mask.dtype != torch.bool: return False
+    return group > 1 and query.shape[0] % group == 0 and 0 < slots < key.shape[2]
+
+def shared_prefix_attention(query:torch.Tensor, key:torch.Tensor, value:torch.Tensor, attention_mask:torch.Tensor|None,
+                            group:int, slots:int, scale:float|None=None) -> torch.Tensor:
+    """A one-token decode step's attention `[B, 1, H, D]` (query `[B, H, 1, D]`, cache `[B, H_kv, S, D]`, mask `[B, 1, 1, S]`)
+    where rows in consecutive groups of `group` hold the same keys and values in their first `slots` slots: those are read
+    once a group (from the group's first row), the other slots row by row, and the two attentions merged."""
+    B, H, _, D = query.shape
+    kv = key.shape[1]
+    n, per = B // group, H // kv
+    mask = attention_mask[:, 0, -1] if attention_mask is not None else torch.ones(B, key.shape[2], dtype=torch.bool, device=key.device)
+    q = query.reshape(B, kv, per, D)                                                      # query heads by the key/value head they read
+    first = lambda t: t.unflatten(0, (n, group))[:, 0, :, :slots]                        # [n, H_kv, slots, D]: each group's first row
+    by_group = q.unflatten(0, (n, group)).transpose(1, 2).reshape(n, kv, group * per, D)  # a group's queries of one key/value head
+    prompt_out, prompt_lse = attend_with_lse(by_group, first(key), first(value), mask[::group, :slots], scale)
+    to_rows = lambda t: t.unflatten(2, (group, per)).transpose(1, 2).flatten(0, 1)       # [n, H_kv, G x per, ...] -> [B, H_kv, per, ...]
+    own_out, own_lse = attend_with_lse(q, key[:, :, slots:], value[:, :, slots:], mask[:, slots:], scale)
+    out = merge_attention(to_rows(prompt_out), to_rows(prompt_lse), own_out, own_lse)
+    return out.reshape(B, H, 1, D).transpose(1, 2).contiguous()
+
 # %% ../nbs/04_attention.ipynb #811dd3da
 DECODE_IMPL = 'vlmkit_sdpa'
 
 def gqa_sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    "transformers' SDPA attention function, with a one-token query `[B, H, 1, D]` attending on the `H_kv` key/value heads (no copy of the cache)."
+    """transformers' SDPA attention function, with a one-token query `[B, H, 1, D]` attending on the `H_kv` key/value heads (no copy of the cache);
+    with `shared_prefix=(group, slots)`, rows in groups of `group` read their shared first `slots` cache slots once a group."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     B, H, L, D = query.shape
     kv_heads = key.shape[1]
     shared_mask = attention_mask is None or attention_mask.shape[1] == 1   # one mask for all heads (what transformers builds)
-    if L != 1 or H == kv_heads or dropout or not shared_mask or kwargs.get('s_aux') is not None or kwargs.get('softcap'):
+    plain = L != 1 or dropout or not shared_mask or kwargs.get('s_aux') is not None or kwargs.get('softcap')
+    if not plain and shares_prefix(query, key, attention_mask, kwargs.get('shared_prefix'), kwargs.get('sliding_window')):
+        group, slots = kwargs['shared_prefix']
+        return shared_prefix_attention(query, key, value, attention_mask, group, slots, scaling), None
+    if plain or H == kv_heads:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     q = query.reshape(B, kv_heads, H // kv_heads, D)                     # query heads grouped by the key/value head they read
     out = F.scaled_dot_product_attention(q, key, value, attn_mask=attention_mask, scale=scaling)

@@ -12,16 +12,17 @@ import torch
 from transformers import Cache, DynamicCache, StaticCache
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
-from .attention import register_decode_attention
+from .attention import DECODE_IMPL, VARLEN_IMPL, register_decode_attention
 
 # %% auto #0
-__all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'KIND_COLORS', 'RowSchedule', 'per_row',
-           'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad', 'split_inputs', 'batch_inputs',
-           'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model', 'GenerationHooks', 'check_cache',
-           'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches', 'new_cache', 'compiled_step',
-           'share_prefill', 'DecodeState', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation',
-           'collect', 'generation_default', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
-           'stream_text', 'stream_generate', 'split_thinking']
+__all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'SHARED_SLOTS_MULTIPLE', 'KIND_COLORS',
+           'RowSchedule', 'per_row', 'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad',
+           'split_inputs', 'batch_inputs', 'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model',
+           'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
+           'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'shared_prefix_kwargs', 'DecodeState',
+           'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation', 'collect', 'generation_default',
+           'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate',
+           'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -257,6 +258,23 @@ def share_prefill(prefilled:Cache, cache:Cache, prompt_of:torch.Tensor) -> Cache
         cache.update(layer.keys.index_select(0, prompt_of), layer.values.index_select(0, prompt_of), i)
     return cache
 
+def prefix_group(prefix_of:list) -> int:
+    "The most consecutive rows, dividing the batch, within which every row has the same prefix (`prefix_of[i]`: row i's); 1 where no two rows share."
+    n = len(prefix_of)
+    for group in range(n, 1, -1):
+        if n % group == 0 and all(len(set(prefix_of[i:i + group])) == 1 for i in range(0, n, group)): return group
+    return 1
+
+SHARED_SLOTS_MULTIPLE = 256   # compiled steps read a shared prefix of a multiple of this many slots: few lengths, few graphs
+
+def shared_prefix_kwargs(module, prefix_of:list, slots:int, compiled:bool) -> dict:
+    """The forward kwargs by which a decode step's attention reads each group's shared first `slots` cache slots once
+    (`shared_prefix`, see `vlmkit.attention`), or {} where rows do not share or the decoder's attention cannot."""
+    if module.config.get_text_config(decoder=True)._attn_implementation not in (DECODE_IMPL, VARLEN_IMPL): return {}
+    group = prefix_group(prefix_of)
+    if compiled: slots = slots // SHARED_SLOTS_MULTIPLE * SHARED_SLOTS_MULTIPLE
+    return {'shared_prefix': (group, slots)} if group > 1 and slots > 0 else {}
+
 @dataclass
 class DecodeState:
     """What a finished decode leaves for rows that go on (a rollout's next round, after a tool call): its KV cache, the slots
@@ -267,6 +285,8 @@ class DecodeState:
     length: int                      # slots written
     next_pos: torch.Tensor           # each row's next position ids: [B, 1], or [P, B, 1] with P kinds of position
     fed: list                        # per row: how many of its new tokens are in the cache
+    prefix_of: list|None = None      # per row: which prompt fills its first `prefix_slots` slots (rows of one prompt share them)
+    prefix_slots: int = 0
 
 def continue_cache(past:DecodeState, rows:torch.Tensor, module, cache:str, more:int) -> tuple[Cache, int|None, torch.Tensor]:
     """`(a KV cache of kind `cache` holding rows `rows` of `past`, its positions as `new_cache` gives them, their mask)`, with
@@ -372,6 +392,9 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
         out = module(**first, attention_mask=rows_mask, use_cache=True, logits_to_keep=1, **{key: kv})
         logits = out.logits[:, -1]
     mask, step_fn = rows_mask, compiled_step(module) if cache == 'compiled' else module
+    if past is None: prefix_of, prefix_slots = prompt_of, ids.shape[1]
+    else: prefix_of, prefix_slots = (None, 0) if past.prefix_of is None else ([past.prefix_of[p] for p in past_of], past.prefix_slots)
+    shared_kw = {} if prefix_of is None else shared_prefix_kwargs(module, prefix_of, prefix_slots, cache == 'compiled')
     pos = last_pos = first['position_ids'][..., -1:].index_select(-2, index)
     history = ids.new_full((len(prompt_of), n_new), pad_token_id)  # what logits processors see
     ends, to_host, live, forward = RowEnds(schedules, device), HostCopy(device), [False] * len(prompt_of), False
@@ -386,7 +409,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
             if size is None: mask = torch.cat([mask, took[:, None].to(mask.dtype)], 1)
             else: mask[:, end] = took
             end, pos = end + 1, pos + 1
-            out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv})
+            out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}, **shared_kw)
         tokens, live = copied()                       # the host's copy, read while the forward runs
         live = [bool(l) for l in live]
         for s, t, l in zip(schedules, tokens, live):
@@ -398,7 +421,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
         logits = out.logits[:, -1]
     if keep is not None:     # each token a row took went in with the step after it, but for those of a last step no forward followed
         fed = [len(s.tokens) - (l and not forward) for s, l in zip(schedules, live)]
-        keep(DecodeState(kv, mask, end, last_pos + torch.tensor(fed, device=device)[:, None] + 1, fed))
+        keep(DecodeState(kv, mask, end, last_pos + torch.tensor(fed, device=device)[:, None] + 1, fed, prefix_of, prefix_slots))
 
 
 # %% ../nbs/09_generation.ipynb #685d97af
