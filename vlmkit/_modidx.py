@@ -569,6 +569,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'vlmkit.generation.prefill_rope_index': ('generation.html#prefill_rope_index', 'vlmkit/generation.py'),
                                    'vlmkit.generation.prefix_group': ('generation.html#prefix_group', 'vlmkit/generation.py'),
                                    'vlmkit.generation.prompt_rows': ('generation.html#prompt_rows', 'vlmkit/generation.py'),
+                                   'vlmkit.generation.repeated_prompts': ('generation.html#repeated_prompts', 'vlmkit/generation.py'),
                                    'vlmkit.generation.row_schedules': ('generation.html#row_schedules', 'vlmkit/generation.py'),
                                    'vlmkit.generation.share_prefill': ('generation.html#share_prefill', 'vlmkit/generation.py'),
                                    'vlmkit.generation.shared_prefix_kwargs': ( 'generation.html#shared_prefix_kwargs',

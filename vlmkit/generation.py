@@ -21,8 +21,8 @@ __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHE
            'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
            'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'shared_prefix_kwargs', 'DecodeState',
            'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation', 'collect', 'generation_default',
-           'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate',
-           'split_thinking']
+           'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
+           'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -447,6 +447,16 @@ def generation_default(model, name:str):
         if getattr(cfg, name, None) is not None: return getattr(cfg, name)
     return None
 
+def repeated_prompts(rows:list[torch.Tensor], row_inputs:dict) -> tuple[list[int], list[int]]|None:
+    """`(the first row of each distinct prompt, each row's index among those)`, or None where no two rows are the same
+    prompt (the same ids and the same per-row inputs)."""
+    keys = [(tuple(r.tolist()), *(tuple(v[i].reshape(-1).tolist()) for v in row_inputs.values())) for i, r in enumerate(rows)]
+    first = {}
+    for i, key in enumerate(keys): first.setdefault(key, i)
+    if len(first) == len(rows): return None
+    index = {i: j for j, i in enumerate(first.values())}
+    return list(first.values()), [index[first[key]] for key in keys]
+
 class BatchDecoder:
     "The decoding of a batch as an iterator of `(tokens [B], live [B])` steps; `result()` gives the `Generation`."
     def __init__(self, model, input_ids, attention_mask=None, *, max_new_tokens=None, eos_token_id=None, pad_token_id=None,
@@ -465,9 +475,16 @@ class BatchDecoder:
         elif len(schedules) != len(self.rows): raise ValueError(f"{len(schedules)} schedules for a batch of {len(self.rows)} rows")
         self.schedules = schedules
         self.pick = token_picker(do_sample, temperature, top_k, top_p, logits_processor, generator)
+        # rows that repeat a prompt (G completions of it) continue one prefill of it; not where batch inputs (images) follow the rows
+        self.repeated = repeated_prompts(self.rows, self.row_inputs) if not self.inputs and self.hooks.share_prompts else None
 
     def __iter__(self):
-        return decode_steps(self.model, self.rows, self.schedules, self.pick, self.inputs, self.row_inputs, self.hooks, self.pad_token_id, self.cache)
+        rows, row_inputs, prompt_of = self.rows, self.row_inputs, None
+        if self.repeated is not None:
+            distinct, prompt_of = self.repeated
+            rows, row_inputs = [rows[i] for i in distinct], {k: [v[i] for i in distinct] for k, v in row_inputs.items()}
+        return decode_steps(self.model, rows, self.schedules, self.pick, self.inputs, row_inputs, self.hooks, self.pad_token_id,
+                            self.cache, prompt_of=prompt_of)
 
     def result(self) -> Generation:
         return collect(self.schedules, self.pad_token_id, _device(self.hooks.decoder(self.model)))
