@@ -561,6 +561,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'vlmkit.generation.free_static_caches': ('generation.html#free_static_caches', 'vlmkit/generation.py'),
                                    'vlmkit.generation.generate': ('generation.html#generate', 'vlmkit/generation.py'),
                                    'vlmkit.generation.generation_default': ('generation.html#generation_default', 'vlmkit/generation.py'),
+                                   'vlmkit.generation.kept_groups': ('generation.html#kept_groups', 'vlmkit/generation.py'),
                                    'vlmkit.generation.left_pad': ('generation.html#left_pad', 'vlmkit/generation.py'),
                                    'vlmkit.generation.new_cache': ('generation.html#new_cache', 'vlmkit/generation.py'),
                                    'vlmkit.generation.per_row': ('generation.html#per_row', 'vlmkit/generation.py'),

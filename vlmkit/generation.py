@@ -20,9 +20,9 @@ __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHE
            'split_inputs', 'batch_inputs', 'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model',
            'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
            'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'shared_prefix_kwargs', 'DecodeState',
-           'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation', 'collect', 'generation_default',
-           'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text',
-           'stream_generate', 'split_thinking']
+           'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation', 'collect',
+           'generation_default', 'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
+           'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -284,9 +284,20 @@ class DecodeState:
     mask: torch.Tensor               # [B, >= length]: 1 at the slots that hold the row's own tokens
     length: int                      # slots written
     next_pos: torch.Tensor           # each row's next position ids: [B, 1], or [P, B, 1] with P kinds of position
-    fed: list                        # per row: how many of its new tokens are in the cache
-    prefix_of: list|None = None      # per row: which prompt fills its first `prefix_slots` slots (rows of one prompt share them)
+    fed: list                        # per row of the decode's caller: how many of its new tokens are in the cache
+    prefix_of: list|None = None      # per cache row: which prompt fills its first `prefix_slots` slots (rows of one prompt share them)
     prefix_slots: int = 0
+    rows_of: list|None = None        # the cache row of each of the caller's rows (None: the same index)
+
+def kept_groups(past:DecodeState, past_of:list[int]) -> list[int]|None:
+    """`past_of` where rows that go on from `past` (from its cache rows `past_of`, in order) would no longer form groups that
+    share a prompt but do in the places they had (static caches): the decode then keeps every row of `past` in its place,
+    the rows that do not go on finished before they start. None where they form groups by themselves, or `past` had none."""
+    if past.prefix_of is None or past_of != sorted(set(past_of)) or len(past_of) == len(past.prefix_of): return None
+    if prefix_group(past.prefix_of) == 1: return None
+    mine = [past.prefix_of[p] for p in past_of]
+    mine += mine[:1] * (batch_bucket(len(mine)) - len(mine))   # as a static cache's filler rows pad them
+    return None if prefix_group(mine) > 1 else list(past_of)
 
 def continue_cache(past:DecodeState, rows:torch.Tensor, module, cache:str, more:int) -> tuple[Cache, int|None, torch.Tensor]:
     """`(a KV cache of kind `cache` holding rows `rows` of `past`, its positions as `new_cache` gives them, their mask)`, with
@@ -356,6 +367,16 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     prompt_of = list(range(len(rows))) if prompt_of is None else list(prompt_of)
     if len(prompt_of) != len(schedules): raise ValueError(f"{len(schedules)} schedules for {len(prompt_of)} rows")
     n_rows, rows = len(prompt_of), list(rows)
+    if past is not None and past.rows_of is not None: past_of = [past.rows_of[p] for p in past_of]   # the caller's rows of it: its cache rows
+    order = kept_groups(past, past_of) if past is not None and cache != 'dynamic' else None
+    if order is not None:    # every row of `past` in its place; those that do not go on are finished before they start
+        at = {j: i for i, j in enumerate(past_of)}
+        keep_place = lambda v, filler: [v[at[j]] if j in at else filler(v[0]) for j in range(len(past.prefix_of))]
+        rows, schedules = keep_place(rows, lambda r: r.new_full((1,), pad_token_id)), keep_place(schedules, lambda s: RowSchedule(0))
+        row_inputs = {k: keep_place(v, lambda r: r.new_zeros(1)) for k, v in row_inputs.items()}
+        past_of = prompt_of = list(range(len(rows)))
+    shown = order if order is not None else list(range(n_rows))   # the rows yielded, in the caller's order
+    n_rows = len(prompt_of)
     if cache != 'dynamic':   # the batch grown to `batch_bucket` rows by rows that are finished before they start
         extra = batch_bucket(n_rows) - n_rows
         schedules = list(schedules) + [RowSchedule(0) for _ in range(extra)]
@@ -415,13 +436,14 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
         for s, t, l in zip(schedules, tokens, live):
             if l and s.push(t) != t: raise RuntimeError(f"a row took {t} on the device and another token on the host")
         done = [s.done for s in schedules]
-        yield torch.tensor(tokens[:n_rows]), torch.tensor(live[:n_rows])
+        yield torch.tensor([tokens[j] for j in shown]), torch.tensor([live[j] for j in shown])
         ends.sync(schedules, done)                     # rows the caller finished (their schedule's `done` set) stop on the device too
         if all(s.done for s in schedules) or not forward: break
         logits = out.logits[:, -1]
     if keep is not None:     # each token a row took went in with the step after it, but for those of a last step no forward followed
         fed = [len(s.tokens) - (l and not forward) for s, l in zip(schedules, live)]
-        keep(DecodeState(kv, mask, end, last_pos + torch.tensor(fed, device=device)[:, None] + 1, fed, prefix_of, prefix_slots))
+        keep(DecodeState(kv, mask, end, last_pos + torch.tensor(fed, device=device)[:, None] + 1, [fed[j] for j in shown], prefix_of,
+                         prefix_slots, order))
 
 
 # %% ../nbs/09_generation.ipynb #685d97af
