@@ -23,6 +23,9 @@ engine's KV caches side by side, a training step's time split, and the plain tra
    wall ms a step of vlmkit's `generate`, the attention kernels' GPU ms a step (torch.profiler; the busiest kernels listed), and the model's step alone on a
    static cache; the gap between them is the host's work between steps.
 
+`--share-prompt-reads`: every part decodes within `vlmkit.generation.share_prompt_reads()` (rows of one prompt read its
+keys and values once a group); run the same parts with and without it, one after the other on one machine.
+
 Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in rollout new tokens/s.
 
     python bench/grpo_rollout_gpu.py                                     # GPU: all parts, all families
@@ -301,6 +304,8 @@ def main():
     ap.add_argument('--no-whole-prefill', dest='whole_prefill', action='store_false',
                     help="leave out the rollout row of the last cache that prefills whole trajectories after a call (rollout(reuse_cache=False))")
     ap.add_argument('--train-tokens', type=int, help="the step part's GRPOConfig.train_tokens: rollouts trained in packed rows of at most this many tokens (default: one row)")
+    ap.add_argument('--share-prompt-reads', action='store_true',
+                    help="decode within vlmkit.generation.share_prompt_reads(): a group's prompt keys and values read once for its rows")
     ap.add_argument('--json', help='write the results here (after each part)')
     args = ap.parse_args()
     for k, full, tiny in [('prompts', 4, 2), ('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),
@@ -310,14 +315,18 @@ def main():
     parts, families = args.parts.split(','), args.families.split(',')
     if bad := [p for p in parts if p not in ('reference', 'rollout', 'step', 'profile')]: ap.error(f"--parts: unknown {bad}")
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
-    from vlmkit.generation import CACHES
+    from vlmkit.generation import CACHES, share_prompt_reads
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
+    with share_prompt_reads(args.share_prompt_reads): run(args, parts, families)
+
+def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     dtype = torch.float32 if args.tiny else torch.bfloat16
     torch.set_default_dtype(dtype)
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     import transformers
-    print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}", flush=True)
+    print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}"
+          + ("; within share_prompt_reads()" if args.share_prompt_reads else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
     save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))
     if 'reference' in parts:

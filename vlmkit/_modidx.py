@@ -573,6 +573,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'vlmkit.generation.repeated_prompts': ('generation.html#repeated_prompts', 'vlmkit/generation.py'),
                                    'vlmkit.generation.row_schedules': ('generation.html#row_schedules', 'vlmkit/generation.py'),
                                    'vlmkit.generation.share_prefill': ('generation.html#share_prefill', 'vlmkit/generation.py'),
+                                   'vlmkit.generation.share_prompt_reads': ('generation.html#share_prompt_reads', 'vlmkit/generation.py'),
                                    'vlmkit.generation.shared_prefix_kwargs': ( 'generation.html#shared_prefix_kwargs',
                                                                                'vlmkit/generation.py'),
                                    'vlmkit.generation.split_inputs': ('generation.html#split_inputs', 'vlmkit/generation.py'),

@@ -5,6 +5,7 @@
 # %% ../nbs/09_generation.ipynb #331bd7ad
 from __future__ import annotations
 import inspect, weakref
+from contextlib import contextmanager
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -19,10 +20,10 @@ __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHE
            'RowSchedule', 'per_row', 'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad',
            'split_inputs', 'batch_inputs', 'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model',
            'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
-           'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'shared_prefix_kwargs', 'DecodeState',
-           'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation', 'collect',
-           'generation_default', 'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
-           'stream_text', 'stream_generate', 'split_thinking']
+           'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'share_prompt_reads', 'shared_prefix_kwargs',
+           'DecodeState', 'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation',
+           'collect', 'generation_default', 'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline',
+           'IncrementalDecoder', 'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -266,10 +267,22 @@ def prefix_group(prefix_of:list) -> int:
     return 1
 
 SHARED_SLOTS_MULTIPLE = 256   # compiled steps read a shared prefix of a multiple of this many slots: few lengths, few graphs
+_share_prompt_reads = False
+
+@contextmanager
+def share_prompt_reads(on:bool=True):
+    """Within the block (on), decode steps of rows that share a prompt read its keys and values once a group
+    (`shared_prefix_attention`): FlexAttention kernels in compiled steps, float32 math (a reference, slower) in eager ones.
+    Off by default: its speed inside a compiled step's CUDA graph is not measured yet (see `bench/RESULTS.md`)."""
+    global _share_prompt_reads
+    before, _share_prompt_reads = _share_prompt_reads, on
+    try: yield
+    finally: _share_prompt_reads = before
 
 def shared_prefix_kwargs(module, prefix_of:list, slots:int, compiled:bool) -> dict:
     """The forward kwargs by which a decode step's attention reads each group's shared first `slots` cache slots once
-    (`shared_prefix`, see `vlmkit.attention`), or {} where rows do not share or the decoder's attention cannot."""
+    (`shared_prefix`, see `vlmkit.attention`), or {} outside `share_prompt_reads`, where rows do not share or the decoder's attention cannot."""
+    if not _share_prompt_reads: return {}
     if module.config.get_text_config(decoder=True)._attn_implementation not in (DECODE_IMPL, VARLEN_IMPL): return {}
     group = prefix_group(prefix_of)
     if compiled: slots = slots // SHARED_SLOTS_MULTIPLE * SHARED_SLOTS_MULTIPLE
@@ -368,7 +381,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     if len(prompt_of) != len(schedules): raise ValueError(f"{len(schedules)} schedules for {len(prompt_of)} rows")
     n_rows, rows = len(prompt_of), list(rows)
     if past is not None and past.rows_of is not None: past_of = [past.rows_of[p] for p in past_of]   # the caller's rows of it: its cache rows
-    order = kept_groups(past, past_of) if past is not None and cache != 'dynamic' else None
+    order = kept_groups(past, past_of) if past is not None and cache != 'dynamic' and _share_prompt_reads else None
     if order is not None:    # every row of `past` in its place; those that do not go on are finished before they start
         at = {j: i for i, j in enumerate(past_of)}
         keep_place = lambda v, filler: [v[at[j]] if j in at else filler(v[0]) for j in range(len(past.prefix_of))]
