@@ -12,9 +12,12 @@ Ways, all the same function (checked against the first):
 - transformers' SDPA path, `repeat_kv` before SDPA (a copy of the cache per query head);
 - matmul, softmax, matmul, under `torch.compile`;
 - FlexAttention under `torch.compile`, a block mask by row length (CUDA only);
-- `shared_prefix_attention` under `torch.compile` (what the engine's compiled step runs for rows that share a prompt):
-  the rows in groups of `--group` (8) share their first positions, all but the last 256 (a prompt and 256 new tokens), so
-  each group's prompt is read once and each row's own positions row by row.
+- `shared_prefix_attention` under `torch.compile` (what the engine's compiled step runs for rows that share a prompt,
+  within `vlmkit.generation.share_prompt_reads()`): the rows in groups of `--group` (8) share their first positions, all
+  but the last 256 (a prompt and 256 new tokens), so each group's prompt is read once and each row's own positions row
+  by row;
+- `vlmkit_sdpa` and `shared_prefix_attention` replayed as CUDA graphs (`torch.compile(mode='reduce-overhead')`, CUDA
+  only), as inside a compiled decode step, where a call's several kernels cost no launches from the host.
 
 Reported: microseconds a call (best of `--repeats` timed loops) and the whole cache's bytes (keys and values) over that time.
 
@@ -57,7 +60,10 @@ def ways(q, k, v, lengths, compile:bool, group:int, slots:int) -> dict:
     shared = lambda q, k, v, m: shared_prefix_attention(q, k, v, m, group, slots).transpose(1, 2)   # [B, 1, H, D] -> [B, H, 1, D]
     name = f"shared_prefix_attention, groups of {group} rows read {slots} prompt positions once"
     out[name + (', compiled' if compile else ', eager')] = (lambda f: lambda: f(q, k, v, mask))(torch.compile(shared, dynamic=False) if compile else shared)
-    if compile and q.device.type == 'cuda':
+    if compile and q.device.type == 'cuda':     # as inside a compiled decode step: replayed as a CUDA graph, launches almost free
+        graphed = lambda f: (lambda g: lambda: g(q, k, v, mask))(torch.compile(f, mode='reduce-overhead', dynamic=False))
+        out['vlmkit_sdpa, compiled, CUDA graph'] = graphed(grouped)
+        out[name + ', compiled, CUDA graph'] = graphed(shared)
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         blocks = create_block_mask(lambda b, h, qi, ki: ki < lengths[b], B, None, 1, S, device=q.device)
         flex = torch.compile(flex_attention, dynamic=False)
