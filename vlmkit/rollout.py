@@ -162,13 +162,13 @@ def decode_round(model, fam:Family, rows:list[RowState], stop_ids:set, close_id:
             seg = rows[i].segments[-1]
             seg.tokens.append(tokens[i]); taken.append((step, i))
             if close_id is None and tok.decode(seg.tokens[-8:]).endswith(TOOL_CALL_CLOSE): schedules[i].done = True
-    picked, last['picked'] = last['picked'], None
+    picked, last['picked'], state = last['picked'], None, states[0]
     ids, lps = (torch.stack(t).tolist() for t in zip(*picked)) if picked else ([], [])   # to the host once a round, not every step
+    at = state.rows_of or range(len(rows))        # each row's place in the engine's batch, where the picks were made
     for step, i in taken:
         seg = rows[i].segments[-1]
-        if ids[step][i] != seg.tokens[len(seg.logprobs)]: raise RuntimeError(f"row {i} took a token at step {step} that was not picked")
-        seg.logprobs.append(lps[step][i])
-    state = states[0]
+        if ids[step][at[i]] != seg.tokens[len(seg.logprobs)]: raise RuntimeError(f"row {i} took a token at step {step} that was not picked")
+        seg.logprobs.append(lps[step][at[i]])
     for i, (r, p) in enumerate(zip(rows, prompts)):
         r.slot, r.cached = i, torch.cat([p.input_ids, p.input_ids.new_tensor(r.segments[-1].tokens[:state.fed[i]])])
     return state
