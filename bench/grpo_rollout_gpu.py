@@ -214,7 +214,7 @@ def part_profile(args, device):
     """vlmkit generate of the reference batch with the last of `--caches`: wall ms a step, the attention kernels' GPU ms a step
     (torch.profiler, CUDA only), and the model's step alone on a static cache (no sampling, no bookkeeping, no prefill)."""
     from torch.profiler import ProfilerActivity, profile
-    from vlmkit.generation import cache_size, compiled_step, free_static_caches, static_cache
+    from vlmkit.generation import cache_size, compiled_step, free_static_caches, shared_prefix_kwargs, static_cache
     model, cache, n = reference_llm(args.tiny, device), args.caches[-1], args.new_tokens
     _, rows = reference_batch(model, args, device)
     run = lambda: vlmkit_generate(model, rows, n, cache)
@@ -236,7 +236,9 @@ def part_profile(args, device):
             kv, size = static_cache(model, len(rows), cache_size(args.prompt_len + n))
             ids, mask = rows[:, :1], torch.ones(len(rows), size, dtype=torch.long, device=device)
             pos = torch.full((len(rows), 1), args.prompt_len, device=device)
-            one = lambda: step(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, past_key_values=kv)
+            # within share_prompt_reads (--share-prompt-reads), each group's prompt read once, as the loop's steps read it
+            shared = shared_prefix_kwargs(model, [i // args.group for i in range(len(rows))], args.prompt_len, cache == 'compiled')
+            one = lambda: step(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, past_key_values=kv, **shared)
             for _ in range(3): one()
             _, t = timed(lambda: [one() for _ in range(20)])
             alone = t / 20 * 1e3
