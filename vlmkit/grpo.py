@@ -164,7 +164,7 @@ def sample_logprobs(model, family, rendered:list[Rendered], temperature:float=1.
     labels = inputs.pop('labels')
     base = model.module if hasattr(model, 'module') else model
     with hidden_states_instead_of_logits(base) as head:
-        hidden = model(**inputs).logits
+        hidden = model(**inputs, use_cache=False).logits     # no KV cache: nothing reads it back
     return list(labelled_logprobs(hidden, labels, head, temperature, chunk_size).split(counts))
 
 def padded(vectors:list[torch.Tensor], value:float=0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -189,13 +189,14 @@ class SFTTrainer(Trainer):
     def row_loss(self, model, inputs:dict, num_items_in_batch=None) -> torch.Tensor:
         """The row's next-token loss: summed over its trained tokens and divided by `num_items_in_batch` (the row's mean
         without it). From the final hidden states at the trained positions (`vlmkit.loss.labelled_lm_loss`: no
-        `[tokens, vocab]` logits), or the model's own loss where the lm_head is sharded."""
+        `[tokens, vocab]` logits), or the model's own loss where the lm_head is sharded. No KV cache: a training forward
+        never reads one back (and, under `compile`, filling one is a second graph)."""
         if self.shards_lm_head:
-            return model(**inputs, **({} if num_items_in_batch is None else {'num_items_in_batch': num_items_in_batch})).loss
+            return model(**inputs, use_cache=False, **({} if num_items_in_batch is None else {'num_items_in_batch': num_items_in_batch})).loss
         inputs = dict(inputs)
         labels = inputs.pop('labels')
         with hidden_states_instead_of_logits(self.accelerator.unwrap_model(model)) as head:
-            hidden = model(**inputs).logits
+            hidden = model(**inputs, use_cache=False).logits
         return labelled_lm_loss(hidden, labels, head, num_items_in_batch)
 
     def saved_tensors_context(self):
