@@ -1,9 +1,12 @@
 """Every benchmark in bench/ runs in its `--tiny` CPU mode (the same code path as on the device, tiny shapes and counts)
 and prints its table, so that a benchmark cannot break unnoticed between device runs. The scripts are found by listing
 bench/*.py: a new benchmark is tested without being named here."""
-import json, os, re, subprocess, sys
+import json, re, sys
 from pathlib import Path
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from forked import run_forked, script_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT/'bench').glob('*.py'))
@@ -32,9 +35,9 @@ def check_table(name:str, text:str):
 @pytest.mark.parametrize('script', [s for s in SCRIPTS if s.stem not in CHECKED_BELOW], ids=lambda p: p.stem)
 def test_tiny_run_prints_its_table(script):
     assert '--tiny' in script.read_text().split('"""')[1], f"{script.name}: its docstring does not mention --tiny"
-    # one OpenMP thread: on a shared CPU, threads that find no free core slow every op of a smoke test many times over
-    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, str(script), '--tiny'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    # in a process forked from this one (tests/forked.py), on one OpenMP thread: on a shared CPU, threads that find no
+    # free core slow every op of a smoke test many times over
+    r = run_forked(script_main(script), ['--tiny'], cwd=ROOT, timeout=TIMEOUT, prog=str(script))
     text = r.stdout
     assert r.returncode == 0, f"{script.name} --tiny exited with {r.returncode}:\n{(r.stdout + r.stderr)[-4000:]}"
     check_table(script.name, text)
@@ -42,9 +45,8 @@ def test_tiny_run_prints_its_table(script):
 def test_sft_bench_tiny_rows_agree(tmp_path):
     "bench/sft_gpu.py --tiny: each family has its plain and vlmkit rows (both vlmkit losses, kept and offloaded), none failed, every loss sum that of one at a time."
     out = tmp_path/'sft.json'
-    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, str(ROOT/'bench'/'sft_gpu.py'), '--tiny', '--vlmkit-loss', 'both', '--offload', '--json', str(out)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    script = ROOT/'bench'/'sft_gpu.py'
+    r = run_forked(script_main(script), ['--tiny', '--vlmkit-loss', 'both', '--offload', '--json', out], cwd=ROOT, timeout=TIMEOUT, prog=str(script))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     check_table('sft_gpu.py', r.stdout)
     results = json.loads(out.read_text())['results']

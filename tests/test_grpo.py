@@ -11,6 +11,7 @@ from vlmkit.sft import prepare_model, synthetic_grounding
 
 sys.path.insert(0, str(Path(__file__).parent))
 from text_rollout import text_rollout  # noqa: E402
+from forked import Forked, run_forked, vlmkit_main_of, wait_until_written  # noqa: E402
 
 
 @pytest.mark.parametrize('scale', ['group', 'batch', 'none'])
@@ -82,14 +83,12 @@ def test_padded_lays_vectors_out():
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_cli_grpo_runs_the_real_rollout_for_every_family(family, tmp_path):
     "`vlmkit grpo` on a family's tiny model: real tool-executing rollouts, rewards scored in the family's box space, an adapter saved."
-    import json, os, subprocess
+    import json
     from vlmkit.grpo import write_grounding_prompts
     write_grounding_prompts(family, tmp_path/'prompts', n=4)
-    root = Path(__file__).resolve().parents[1]
-    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, '-m', 'vlmkit', 'grpo', '--family', family, '--model', 'tiny', '--train', 'prompts/train.jsonl',
-                        '--no-bf16', '--max-steps', '2', '--group-size', '4', '--max-new-tokens', '12', '--output-dir', 'out',
-                        '--report-to', 'none', '--no-progress'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    argv = ['grpo', '--family', family, '--model', 'tiny', '--train', 'prompts/train.jsonl', '--no-bf16', '--max-steps', '2',
+            '--group-size', '4', '--max-new-tokens', '12', '--output-dir', 'out', '--report-to', 'none', '--no-progress']
+    r = run_forked(vlmkit_main_of(argv), argv, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     logs = [h for h in json.loads((tmp_path/'out'/'trainer_state.json').read_text())['log_history'] if 'reward' in h]
     assert len(logs) == 2 and all('rewards/iou_reward' in h and 'rewards/format_reward' in h for h in logs), logs
@@ -129,18 +128,16 @@ def letter_share(prompts, completions, **columns):
 '''
 
 def _grpo_cli(tmp_path, *flags, family='qwen2_5_vl', wait=True):
-    import os, subprocess
-    root = Path(__file__).resolve().parents[1]
+    "`vlmkit grpo` learning to write 'a' (`LEARN_REWARD`) in `tmp_path`, in a process forked from this one (tests/forked.py); `wait=False`: the process, running."
     if not (tmp_path/'prompts').exists():
         from vlmkit.grpo import write_grounding_prompts
         write_grounding_prompts(family, tmp_path/'prompts', n=8)
         (tmp_path/'learn_rewards.py').write_text(LEARN_REWARD)
-    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(root), str(tmp_path), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'vlmkit', 'grpo', '--family', family, '--model', 'tiny', '--train', 'prompts/train.jsonl', '--no-bf16',
-           '--rewards', 'learn_rewards:letter_share=1', '--group-size', '8', '--prompts-per-step', '4', '--max-new-tokens', '8',
-           '--report-to', 'none', '--no-progress', *map(str, flags)]
-    if not wait: return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    argv = ['grpo', '--family', family, '--model', 'tiny', '--train', 'prompts/train.jsonl', '--no-bf16',
+            '--rewards', 'learn_rewards:letter_share=1', '--group-size', '8', '--prompts-per-step', '4', '--max-new-tokens', '8',
+            '--report-to', 'none', '--no-progress', *map(str, flags)]
+    if not wait: return Forked(vlmkit_main_of(argv), argv, cwd=tmp_path, path=[tmp_path])
+    r = run_forked(vlmkit_main_of(argv), argv, cwd=tmp_path, path=[tmp_path])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     return r
 
@@ -155,16 +152,13 @@ def test_the_mean_reward_rises(tmp_path):
     assert len(r) == 40 and sum(r[:5]) / 5 <= 0.05 and sum(r[-5:]) / 5 >= 0.5, r
 
 def test_a_killed_grpo_run_resumed_ends_with_the_same_adapter(tmp_path):
-    import os, signal, time
+    import signal
     from safetensors.torch import load_file
     _grpo_cli(tmp_path, '--lr', '5e-2', '--max-steps', '12', '--save-steps', '4', '--output-dir', 'whole')
     p = _grpo_cli(tmp_path, '--lr', '5e-2', '--max-steps', '12', '--save-steps', '4', '--output-dir', 'cut', wait=False)
-    mark = tmp_path/'cut'/'checkpoint-8'/'trainer_state.json'
-    deadline = time.time() + 300
-    while p.poll() is None and not mark.exists() and time.time() < deadline: time.sleep(0.005)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL and mark.exists() and not (tmp_path/'cut'/'adapter_model.safetensors').exists()
+    written = wait_until_written(p, tmp_path/'cut'/'checkpoint-8'/'trainer_state.json')
+    p.kill()
+    assert p.wait() == -signal.SIGKILL and written and not (tmp_path/'cut'/'adapter_model.safetensors').exists()
     _grpo_cli(tmp_path, '--lr', '5e-2', '--max-steps', '12', '--save-steps', '4', '--output-dir', 'cut')
     whole, cut = (load_file(tmp_path/d/'adapter_model.safetensors') for d in ('whole', 'cut'))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
@@ -172,7 +166,7 @@ def test_a_killed_grpo_run_resumed_ends_with_the_same_adapter(tmp_path):
 
 def test_vlmkit_train_both_runs_sft_then_grpo_from_its_adapter(tmp_path):
     "`vlmkit train --stage both`: SFT trains and saves its adapter; GRPO merges it into the base (init_adapter) and trains on."
-    import os, subprocess, yaml
+    import yaml
     from vlmkit.grpo import write_grounding_prompts
     from vlmkit.sft import synthetic_grounding
     from vlmkit.data import write_conversations
@@ -184,10 +178,8 @@ def test_vlmkit_train_both_runs_sft_then_grpo_from_its_adapter(tmp_path):
     (tmp_path/'pipeline.yaml').write_text(yaml.safe_dump(dict(
         sft=common | dict(train=['sft/train.jsonl'], output_dir='sft-out', batch_tokens=600, lr=1e-3),
         grpo=common | dict(train=['prompts/train.jsonl'], output_dir='grpo-out', group_size=4, prompts_per_step=2, max_new_tokens=8))))
-    root = Path(__file__).resolve().parents[1]
-    env = os.environ | dict(PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, '-m', 'vlmkit', 'train', '--stage', 'both', '--config', 'pipeline.yaml'], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)
+    argv = ['train', '--stage', 'both', '--config', 'pipeline.yaml']
+    r = run_forked(vlmkit_main_of(argv), argv, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert (tmp_path/'sft-out'/'adapter_model.safetensors').is_file() and (tmp_path/'grpo-out'/'adapter_model.safetensors').is_file()
     assert yaml.safe_load((tmp_path/'grpo-out'/'grpo_config.yaml').read_text())['init_adapter'] == 'sft-out'

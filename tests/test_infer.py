@@ -1,17 +1,19 @@
-"""Batch inference survives being killed: a `vlmkit.infer.infer` run SIGKILLed mid-way (a subprocess, after some batches
-are written) and then rerun leaves the same results file, byte for byte, as an uninterrupted run."""
-import json, os, signal, subprocess, sys, time
+"""Batch inference survives being killed: a `vlmkit.infer.infer` run SIGKILLed mid-way (a process of its own, after some
+batches are written) and then rerun leaves the same results file, byte for byte, as an uninterrupted run."""
+import json, signal, sys, time
 from pathlib import Path
 from vlmkit.conversation import Conversation, ImageRef, Text, Turn
 from vlmkit.images import synthetic_image
 
-ROOT = Path(__file__).resolve().parents[1]
-RUN = """import sys
-from vlmkit.grounding import load_model
-from vlmkit.infer import infer
-_, model, processor = load_model('tiny:qwen2_5_vl', device='cpu')
-infer(model, processor, sys.argv[1], sys.argv[2], batch_size=2, max_new_tokens=8, progress=False)
-"""
+sys.path.insert(0, str(Path(__file__).parent))
+from forked import Forked  # noqa: E402
+
+def _run():
+    "`vlmkit.infer.infer` of the tiny Qwen2.5-VL on `sys.argv[1]` into `sys.argv[2]`, two conversations a batch."
+    from vlmkit.grounding import load_model
+    from vlmkit.infer import infer
+    _, model, processor = load_model('tiny:qwen2_5_vl', device='cpu')
+    infer(model, processor, sys.argv[1], sys.argv[2], batch_size=2, max_new_tokens=8, progress=False)
 
 def _data(d:Path, n:int=8) -> Path:
     lines = []
@@ -23,9 +25,9 @@ def _data(d:Path, n:int=8) -> Path:
     (d / 'data.jsonl').write_text('\n'.join(lines) + '\n')
     return d / 'data.jsonl'
 
-def _start(data:Path, out:Path) -> subprocess.Popen:
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])}
-    return subprocess.Popen([sys.executable, '-c', RUN, str(data), str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _start(data:Path, out:Path) -> Forked:
+    "`_run` in a process forked from this one (tests/forked.py)."
+    return Forked(_run, [data, out], prog='infer')
 
 def _lines(p:Path) -> int: return p.read_bytes().count(b'\n') if p.exists() else 0
 
@@ -35,7 +37,8 @@ def test_killed_then_rerun_gives_the_uninterrupted_file(tmp_path, capsys):
     part = _start(data, killed)
     deadline = time.time() + 120
     while _lines(killed) < 2 and part.poll() is None and time.time() < deadline: time.sleep(0.02)
-    part.send_signal(signal.SIGKILL); part.wait()
+    part.kill()
+    assert part.wait() == -signal.SIGKILL
     n_before = _lines(killed)
     assert 0 < n_before < 9, n_before              # killed mid-way: some records written, not all
     from vlmkit.grounding import load_model
@@ -43,7 +46,7 @@ def test_killed_then_rerun_gives_the_uninterrupted_file(tmp_path, capsys):
     _, model, processor = load_model('tiny:qwen2_5_vl', device='cpu')
     infer(model, processor, data, whole, batch_size=2, max_new_tokens=8, progress=False)   # the uninterrupted run, here
     rerun = _start(data, killed)
-    assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
+    assert rerun.wait(timeout=300) == 0, rerun.output()[1]
     assert killed.read_bytes() == whole.read_bytes()
     recs = [json.loads(l) for l in whole.read_text().splitlines()]
     assert [r['id'] for r in recs] == [f's{k}' for k in range(5)] + ['bad'] + [f's{k}' for k in range(5, 8)]

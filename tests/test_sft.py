@@ -3,12 +3,13 @@ the loss and gradients of its own forward (every family); SFT through the comman
 a run killed with SIGKILL and run again ends with the same adapter, bit for bit; two processes take half the optimizer
 steps and follow the loss curve of one process with the same global batch; bad samples are reported with their file
 and line and the good ones train. The command runs in subprocesses, one thread each."""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from vlmkit.data import read_conversations, write_conversations
 from vlmkit.family import FAMILIES
+from forked import Forked, run_forked, vlmkit_main_of, wait_until_written
 from vlmkit.sft import (SFTConfig, ConfigError, ConversationDataset, check_config, RowCollator, SFTTrainer, measure, plan_packs, rows_of, synthetic_grounding,
                         token_losses, training_arguments)
 
@@ -34,9 +35,11 @@ def write_config(folder:Path, family:str, **kw) -> Path:
     (folder/'cfg.yaml').write_text(yaml.safe_dump(cfg))
     return folder/'cfg.yaml'
 
-def vlmkit_sft(folder:Path, *args, launch=(sys.executable, '-m', 'vlmkit'), **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run([*launch, 'sft', '--config', 'cfg.yaml', *map(str, args)], cwd=folder, env=ENV, capture_output=True,
-                       text=True, timeout=600, **kw)
+def vlmkit_sft(folder:Path, *args, launch=None) -> subprocess.CompletedProcess:
+    "`vlmkit sft --config cfg.yaml *args` in `folder`: a process forked from this one (tests/forked.py), or started by `launch`."
+    argv = ['sft', '--config', 'cfg.yaml', *map(str, args)]
+    if launch is None: r = run_forked(vlmkit_main_of(argv), argv, cwd=folder)
+    else: r = subprocess.run([*launch, *argv], cwd=folder, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return r
 
@@ -137,14 +140,12 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(tmp_path):
     write_config(tmp_path, 'ovis2_5', epochs=6, save_steps=4)
     vlmkit_sft(tmp_path, '--output-dir', 'whole')
     steps = json.loads((tmp_path/'whole'/'trainer_state.json').read_text())['global_step']
-    p = subprocess.Popen([sys.executable, '-m', 'vlmkit', 'sft', '--config', 'cfg.yaml', '--output-dir', 'cut'], cwd=tmp_path, env=ENV,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = ['sft', '--config', 'cfg.yaml', '--output-dir', 'cut']
+    p = Forked(vlmkit_main_of(argv), argv, cwd=tmp_path)
     mark = tmp_path/'cut'/'checkpoint-8'/'trainer_state.json'
-    deadline = time.time() + 300
-    while p.poll() is None and not mark.exists() and time.time() < deadline: time.sleep(0.005)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL and mark.exists()
+    written = wait_until_written(p, mark)
+    p.kill()
+    assert p.wait() == -signal.SIGKILL and written
     assert not (tmp_path/'cut'/'adapter_model.safetensors').exists() and not (tmp_path/'cut'/f'checkpoint-{steps}').exists()
     r = vlmkit_sft(tmp_path, '--output-dir', 'cut')
     resumed = [l for l in r.stdout.splitlines() if l.startswith('resuming from')]
