@@ -332,13 +332,15 @@ _RENAMED = {'ovis': 'ovis2_5', 'internvl': 'internvl3_5', 'qwen': 'qwen2_5_vl'} 
 
 class Registry(Mapping):
     "Name -> `Family`, each built by its own package on first use (so `vlmkit.family` imports no family)."
-    def __init__(self, sources:dict): self.sources = dict(sources)
+    def __init__(self, sources:dict): self.sources, self._built = dict(sources), {}
     def __getitem__(self, name:str) -> Family:
+        if (fam := self._built.get(name)) is not None: return fam     # rewards look a family up per completion
         if name not in self.sources:
             hint = f" ({name!r} is now {_RENAMED[name]!r})" if name in _RENAMED else ''
             raise KeyError(f"unknown family {name!r}; known: {list(self.sources)}{hint}")
         module, attr = self.sources[name].split(':')
-        return getattr(importlib.import_module(module), attr)
+        fam = self._built[name] = getattr(importlib.import_module(module), attr)
+        return fam
     def __iter__(self): return iter(self.sources)
     def __len__(self) -> int: return len(self.sources)
     def __repr__(self) -> str: return f"FAMILIES({', '.join(self.sources)})"
