@@ -8,7 +8,7 @@ from vlmkit.family import FAMILIES
 from vlmkit.boxes import (get_syntax, convert_boxes, convert_points, xyxy_to_xywh, xywh_to_xyxy, box_problem, point_problem,
                           box_iou, parse_boxes, format_boxes, format_points, place_labels)
 
-many = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+many = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 sides = st.integers(1, 8000)
 sizes = st.tuples(sides, sides)

@@ -9,7 +9,7 @@ from vlmkit.conversation import (ConversationError, Conversation, Turn, Text, Im
                                  IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)
 
 some = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-many = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+many = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- strategies ---------------------------------------------------------------------------------------------
 

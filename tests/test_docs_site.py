@@ -89,17 +89,24 @@ def find_leaks(text:str, hrefs=(), markdown:str|None=None) -> list[tuple[str, st
     found += [('.html.md', h) for h in hrefs if LEAKS['.html.md'].search(h)]
     return found
 
-def test_every_sidebar_page_renders_with_links_and_images(site, browser):
-    out, base = site
+@pytest.fixture(scope='module')
+def pages(site, browser) -> dict:
+    "`PAGE_FACTS` of every page the index's sidebar links to, each page loaded once: `{url: facts}` in sidebar order."
+    _, base = site
     browser.load(base + 'index.html')
-    pages = list(dict.fromkeys(browser.eval(PAGE_FACTS)['sidebar']))
-    nbs = sorted(p.stem for p in (ROOT/'nbs').glob('*.ipynb'))
-    assert len(pages) == len(nbs), (pages, nbs)
-    facts, problems, doc_bases, n_doc_host = {}, [], own_doc_bases(), 0
-    assert doc_bases, 'no doc host to check links against'
-    for url in pages:
+    facts = {}
+    for url in dict.fromkeys(browser.eval(PAGE_FACTS)['sidebar']):
         browser.load(url)
-        f = facts[url.split('#')[0]] = browser.eval(PAGE_FACTS)
+        facts[url.split('#')[0]] = browser.eval(PAGE_FACTS)
+    return facts
+
+def test_every_sidebar_page_renders_with_links_and_images(site, pages):
+    out, base = site
+    nbs = sorted(p.stem for p in (ROOT/'nbs').glob('*.ipynb'))
+    assert len(pages) == len(nbs), (list(pages), nbs)
+    facts, problems, doc_bases, n_doc_host = pages, [], own_doc_bases(), 0
+    assert doc_bases, 'no doc host to check links against'
+    for url, f in facts.items():
         if f['main'] < 200: problems.append(f'{url}: page body nearly empty ({f["main"]} chars)')
         problems += [f'{url}: image not shown: {i["src"]}' for i in f['images'] if not i['shown']]
     for url, f in facts.items():
@@ -118,15 +125,11 @@ def test_every_sidebar_page_renders_with_links_and_images(site, browser):
     print('pages checked:', *[p.removeprefix(base) for p in facts], sep='\n  ')
     assert not problems, '\n'.join(problems)
 
-def test_pages_show_no_leaks(site, browser):
+def test_pages_show_no_leaks(site, pages):
     "No page's text shows a widget repr, a path of the build machine, a raw fence, a progress bar, `NoneType` or `.html.md`."
     out, base = site
-    browser.load(base + 'index.html')
-    pages = list(dict.fromkeys(u.split('#')[0] for u in browser.eval(PAGE_FACTS)['sidebar']))
     leaks = {}
-    for url in pages:
-        browser.load(url)
-        f = browser.eval(PAGE_FACTS)
+    for url, f in pages.items():
         assert len(f['text']) > 200, url
         for kind, where in find_leaks(f['text'], f['hrefs'], f['markdown']): leaks.setdefault(url.removeprefix(base), []).append((kind, where))
     counts = {}

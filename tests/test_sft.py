@@ -166,7 +166,7 @@ def _rows(family:str, data:Path, budget:int) -> int:
 
 def test_two_processes_take_half_the_steps_and_follow_the_same_loss_curve(tmp_path):
     family = 'internvl3_5'
-    data = write_grounding(family, tmp_path)
+    data = write_grounding(family, tmp_path, n=16)
     budget = next(b for b in range(400, 1200, 25) if _rows(family, data, b) % 2 == 0)
     rows = _rows(family, data, budget)
     write_config(tmp_path, family, epochs=2, batch_tokens=budget)
