@@ -14,8 +14,10 @@ if os.environ.get('PYTEST_XDIST_WORKER'):   # `pytest -n 2`: one worker per core
 def pytest_configure(config):
     config.addinivalue_line('markers', 'docs: checks of the rendered documentation site (run last)')
 
-# The longest test files, started first so that the two workers of `pytest -n 2 --dist loadfile` end together.
-LONGEST_FIRST = ('test_wheel.py', 'test_sft.py', 'test_notebooks_apps.py', 'test_grpo.py', 'test_bench.py')
+# The notebooks first (the docs site, built last from the notebooks they execute, would otherwise wait for them), then the
+# longest test files, so that the two workers of `pytest -n 2 --dist loadfile` end together.
+LONGEST_FIRST = ('test_notebooks_apps.py', 'test_notebooks.py', 'test_bench.py', 'test_sft.py', 'test_grpo.py', 'test_rollout.py',
+                 'test_wheel.py')
 
 def pytest_collection_modifyitems(config, items):
     "The longest test files first; the docs site, built from the notebooks the notebook tests execute, last."

@@ -146,10 +146,10 @@ def _rewards(out):
     return [h['reward'] for h in json.loads((out/'trainer_state.json').read_text())['log_history'] if 'reward' in h]
 
 def test_the_mean_reward_rises(tmp_path):
-    "Seeded, on CPU: the tiny Qwen2.5-VL (every parameter trained, lr 1e-2) learns to write 'a': mean reward of the last 5 of 40 steps >= 0.5, from <= 0.05 in the first 5."
-    _grpo_cli(tmp_path, '--no-lora', '--lr', '1e-2', '--max-steps', '40', '--output-dir', 'out', '--save-steps', '1000')
+    "Seeded, on CPU: the tiny Qwen2.5-VL (every parameter trained, lr 1e-2) learns to write 'a': mean reward of the last 5 of 25 steps >= 0.5, from <= 0.05 in the first 5."
+    _grpo_cli(tmp_path, '--no-lora', '--lr', '1e-2', '--max-steps', '25', '--output-dir', 'out', '--save-steps', '1000')
     r = _rewards(tmp_path/'out')
-    assert len(r) == 40 and sum(r[:5]) / 5 <= 0.05 and sum(r[-5:]) / 5 >= 0.5, r
+    assert len(r) == 25 and sum(r[:5]) / 5 <= 0.05 and sum(r[-5:]) / 5 >= 0.5, r
 
 def test_a_killed_grpo_run_resumed_ends_with_the_same_adapter(tmp_path):
     import signal

@@ -1,5 +1,5 @@
 """vlmkit.video: official get_index rows, sampler properties, decoding backends, bad files, save_frames CLI."""
-import json, subprocess, sys
+import json
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -150,9 +150,9 @@ def test_save_frames_names_and_sizes(clip, tmp_path):
 
 
 def test_cli(clip, tmp_path):
-    # what the console script does: sys.exit(<the function's return value>)
-    run = lambda *a: subprocess.run([sys.executable, '-c', 'import sys; from vlmkit.video import save_frames_cli; sys.exit(save_frames_cli())',
-                                     *map(str, a)], capture_output=True, text=True)
+    # what the console script does, sys.exit(<the function's return value>), in a process forked from this one (tests/forked.py)
+    from forked import run_forked
+    run = lambda *a: run_forked(save_frames_cli, a, prog='vlmkit-save-frames')
     r = run(clip, tmp_path / 'out', '-n', '3', '--bound', '0.5', '2.5', '--size', '0')
     assert r.returncode == 0 and r.stderr == '', r.stderr
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['frame_000.png', 'frame_001.png', 'frame_002.png']
