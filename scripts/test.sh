@@ -70,7 +70,8 @@ fi
 echo "== tests (notebooks, tests/, docs site)"
 rc=0
 # Two workers (pytest-xdist), one per core: most tests spend their time in Python, not in parallel kernels. A test
-# file's tests stay on one worker (`loadfile`: its module fixtures are built once); the notebooks are two files.
-"$PY" -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile "$@" || rc=$?
+# file's tests stay on one worker (`loadfile`: its module fixtures are built once); the notebooks are two files. The
+# files go out in the order tests/conftest.py gives them, longest first (xdist would order them by their number of tests).
+"$PY" -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder "$@" || rc=$?
 [ $rc -eq 5 ] && { echo "pytest collected no tests" >&2; exit 1; }
 exit $rc

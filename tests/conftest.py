@@ -14,10 +14,12 @@ if os.environ.get('PYTEST_XDIST_WORKER'):   # `pytest -n 2`: one worker per core
 def pytest_configure(config):
     config.addinivalue_line('markers', 'docs: checks of the rendered documentation site (run last)')
 
-# The notebooks first (the docs site, built last from the notebooks they execute, would otherwise wait for them), then the
-# longest test files, so that the two workers of `pytest -n 2 --dist loadfile` end together.
-LONGEST_FIRST = ('test_notebooks_apps.py', 'test_notebooks.py', 'test_bench.py', 'test_sft.py', 'test_grpo.py', 'test_rollout.py',
-                 'test_wheel.py')
+# The longest test files first (as measured on CI's 2 cores, longest first), so that the two workers of `pytest -n 2
+# --dist loadfile --no-loadscope-reorder` end together; the notebooks among them, as the docs site, built last from the
+# notebooks they execute, waits for them.
+LONGEST_FIRST = ('test_bench.py', 'test_sft.py', 'test_notebooks_apps.py', 'test_grpo.py', 'test_rollout.py', 'test_notebooks.py',
+                 'test_rewards.py', 'test_wheel.py', 'test_entry_points.py', 'test_ovis_preprocessing.py', 'test_ovis_model.py',
+                 'test_internvl_tiling.py', 'test_boxes_properties.py', 'test_grounding.py')
 
 def pytest_collection_modifyitems(config, items):
     "The longest test files first; the docs site, built from the notebooks the notebook tests execute, last."
