@@ -12,19 +12,20 @@ if os.environ.get('PYTEST_XDIST_WORKER'):   # `pytest -n 2`: one worker per core
     torch.set_num_threads(1)
 
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'docs: checks of the rendered documentation site (run last)')
+    config.addinivalue_line('markers', 'docs: checks of the rendered documentation site (run after the notebooks)')
 
 # The longest test files first (as measured on CI's 2 cores, longest first), so that the two workers of `pytest -n 2
-# --dist loadfile --no-loadscope-reorder` end together; the notebooks among them, as the docs site, built last from the
-# notebooks they execute, waits for them.
+# --dist loadfile --no-loadscope-reorder` end together; then the docs site, built from the notebooks the notebook tests
+# (among the longest) execute, while the short files fill the other worker's time; the short files last.
 LONGEST_FIRST = ('test_bench.py', 'test_sft.py', 'test_notebooks_apps.py', 'test_grpo.py', 'test_rollout.py', 'test_notebooks.py',
                  'test_rewards.py', 'test_wheel.py', 'test_entry_points.py', 'test_ovis_preprocessing.py', 'test_ovis_model.py',
                  'test_internvl_tiling.py', 'test_boxes_properties.py', 'test_grounding.py')
 
 def pytest_collection_modifyitems(config, items):
-    "The longest test files first; the docs site, built from the notebooks the notebook tests execute, last."
+    "The longest test files first, then the docs site (after the notebooks it is built from), then the rest."
     first = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda it: (it.get_closest_marker('docs') is not None, first.get(it.path.name, len(first))))
+    def rank(it): return len(first) if it.get_closest_marker('docs') is not None else first.get(it.path.name, len(first) + 1)
+    items.sort(key=rank)
 
 def wait_for_notebooks(session, timeout:float=1800):
     "Under pytest-xdist other workers run the notebooks: wait until each notebook test of this session has run (its file in NOTEBOOKS_DONE)."
