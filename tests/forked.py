@@ -67,13 +67,6 @@ def run_forked(main, argv=(), timeout:float=600, **kw) -> subprocess.CompletedPr
     p.wait(timeout)
     return subprocess.CompletedProcess(p.args, p.returncode, *p.output())
 
-def vlmkit_main_of(argv):
-    "The `vlmkit` command's entry point as its console script calls it, for `Forked`/`run_forked`."
-    def main():
-        from vlmkit.cli import vlmkit_main
-        return vlmkit_main(list(map(str, argv)))
-    return main
-
 def script_main(script:Path):
     "A script run as `python script ...` runs it (`__main__`), for `Forked`/`run_forked`."
     def main():

@@ -2,8 +2,8 @@
 checkout first on the path): exit 0 on success having written what it says, 0 for `--help`, and 2 on bad input with
 one line on stderr naming the problem (no usage block, no traceback). The scripts are read from pyproject.toml, so a
 new one fails here until it has cases below. Each case runs in a process of its own, forked from one interpreter per
-script that has imported the script's module (and torch and transformers, which every case would import): what a fresh
-interpreter running the wrapper does, without paying for the imports once per case."""
+script that has imported the script's module (and torch and transformers, which every case would import; tests/forked.py):
+what a fresh interpreter running the wrapper does, without paying for the imports once per case."""
 import json, os, re, subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,25 +18,16 @@ SCRIPTS = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scrip
 
 
 DRIVER = """
-import json, os, sys, traceback
+import json, sys
 from importlib import import_module
+from forked import run_forked
 script, module, func, jobs = sys.argv[1:5]
 main = getattr(import_module(module), func)
 import torch, transformers                       # what nearly every case imports: once, before the forks
-for job in json.loads(open(jobs).read()):
-    pid = os.fork()
-    if pid == 0:                                  # the case: the wrapper's `sys.exit(main())` in the case's folder
-        os.chdir(job['cwd'])
-        for fd, name in ((1, 'stdout'), (2, 'stderr')): os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        sys.argv = [script, *job['args']]
-        try: code = main()
-        except SystemExit as e: code = e.code
-        except BaseException: traceback.print_exc(); code = 1
-        if isinstance(code, str): print(code, file=sys.stderr); code = 1
-        sys.stdout.flush(); sys.stderr.flush()
-        os._exit(0 if code is None else code)
-    _, status = os.waitpid(pid, 0)
-    open(job['status'], 'w').write(str(os.waitstatus_to_exitcode(status)))
+for job in json.loads(open(jobs).read()):        # the case: the wrapper's `sys.exit(main())` in the case's folder
+    r = run_forked(main, job['args'], cwd=job['cwd'], prog=script)
+    for name in ('stdout', 'stderr'): open(job[name], 'w').write(getattr(r, name))
+    open(job['status'], 'w').write(str(r.returncode))
 """
 
 def run_cases(script:str, cases:list[tuple[Path, tuple]], tmp:Path) -> list[subprocess.CompletedProcess]:
@@ -45,7 +36,7 @@ def run_cases(script:str, cases:list[tuple[Path, tuple]], tmp:Path) -> list[subp
     jobs = [dict(cwd=str(d), args=[str(a) for a in args], **{k: str(tmp/f'{i}.{k}') for k in ('stdout', 'stderr', 'status')})
             for i, (d, args) in enumerate(cases)]
     (tmp/'jobs.json').write_text(json.dumps(jobs))
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), 'MPLBACKEND': 'Agg'}
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), str(ROOT/'tests'), os.environ.get('PYTHONPATH', '')]), 'MPLBACKEND': 'Agg'}
     r = subprocess.run([sys.executable, '-c', DRIVER, script, module, func, str(tmp/'jobs.json')], env=env, capture_output=True,
                        text=True, timeout=1200)
     assert r.returncode == 0, f"the driver of {script} failed:\n{r.stderr[-3000:]}"

@@ -11,7 +11,8 @@ from vlmkit.sft import prepare_model, synthetic_grounding
 
 sys.path.insert(0, str(Path(__file__).parent))
 from text_rollout import text_rollout  # noqa: E402
-from forked import Forked, run_forked, vlmkit_main_of, wait_until_written  # noqa: E402
+from forked import Forked, run_forked, wait_until_written  # noqa: E402
+from vlmkit.cli import vlmkit_main  # noqa: E402
 
 
 @pytest.mark.parametrize('scale', ['group', 'batch', 'none'])
@@ -88,7 +89,7 @@ def test_cli_grpo_runs_the_real_rollout_for_every_family(family, tmp_path):
     write_grounding_prompts(family, tmp_path/'prompts', n=4)
     argv = ['grpo', '--family', family, '--model', 'tiny', '--train', 'prompts/train.jsonl', '--no-bf16', '--max-steps', '2',
             '--group-size', '4', '--max-new-tokens', '12', '--output-dir', 'out', '--report-to', 'none', '--no-progress']
-    r = run_forked(vlmkit_main_of(argv), argv, cwd=tmp_path)
+    r = run_forked(vlmkit_main, argv, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     logs = [h for h in json.loads((tmp_path/'out'/'trainer_state.json').read_text())['log_history'] if 'reward' in h]
     assert len(logs) == 2 and all('rewards/iou_reward' in h and 'rewards/format_reward' in h for h in logs), logs
@@ -136,8 +137,8 @@ def _grpo_cli(tmp_path, *flags, family='qwen2_5_vl', wait=True):
     argv = ['grpo', '--family', family, '--model', 'tiny', '--train', 'prompts/train.jsonl', '--no-bf16',
             '--rewards', 'learn_rewards:letter_share=1', '--group-size', '8', '--prompts-per-step', '4', '--max-new-tokens', '8',
             '--report-to', 'none', '--no-progress', *map(str, flags)]
-    if not wait: return Forked(vlmkit_main_of(argv), argv, cwd=tmp_path, path=[tmp_path])
-    r = run_forked(vlmkit_main_of(argv), argv, cwd=tmp_path, path=[tmp_path])
+    if not wait: return Forked(vlmkit_main, argv, cwd=tmp_path, path=[tmp_path])
+    r = run_forked(vlmkit_main, argv, cwd=tmp_path, path=[tmp_path])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     return r
 
@@ -179,7 +180,7 @@ def test_vlmkit_train_both_runs_sft_then_grpo_from_its_adapter(tmp_path):
         sft=common | dict(train=['sft/train.jsonl'], output_dir='sft-out', batch_tokens=600, lr=1e-3),
         grpo=common | dict(train=['prompts/train.jsonl'], output_dir='grpo-out', group_size=4, prompts_per_step=2, max_new_tokens=8))))
     argv = ['train', '--stage', 'both', '--config', 'pipeline.yaml']
-    r = run_forked(vlmkit_main_of(argv), argv, cwd=tmp_path)
+    r = run_forked(vlmkit_main, argv, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert (tmp_path/'sft-out'/'adapter_model.safetensors').is_file() and (tmp_path/'grpo-out'/'adapter_model.safetensors').is_file()
     assert yaml.safe_load((tmp_path/'grpo-out'/'grpo_config.yaml').read_text())['init_adapter'] == 'sft-out'

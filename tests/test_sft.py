@@ -2,14 +2,16 @@
 the loss and gradients of its own forward (every family); SFT through the command makes the loss fall (every family);
 a run killed with SIGKILL and run again ends with the same adapter, bit for bit; two processes take half the optimizer
 steps and follow the loss curve of one process with the same global batch; bad samples are reported with their file
-and line and the good ones train. The command runs in subprocesses, one thread each."""
+and line and the good ones train. The command runs in processes of its own, one thread each: forked from the test's
+interpreter (tests/forked.py), or started by `accelerate launch` for two."""
 import json, os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from vlmkit.data import read_conversations, write_conversations
 from vlmkit.family import FAMILIES
-from forked import Forked, run_forked, vlmkit_main_of, wait_until_written
+from forked import Forked, run_forked, wait_until_written
+from vlmkit.cli import vlmkit_main
 from vlmkit.sft import (SFTConfig, ConfigError, ConversationDataset, check_config, RowCollator, SFTTrainer, measure, plan_packs, rows_of, synthetic_grounding,
                         token_losses, training_arguments)
 
@@ -38,7 +40,7 @@ def write_config(folder:Path, family:str, **kw) -> Path:
 def vlmkit_sft(folder:Path, *args, launch=None) -> subprocess.CompletedProcess:
     "`vlmkit sft --config cfg.yaml *args` in `folder`: a process forked from this one (tests/forked.py), or started by `launch`."
     argv = ['sft', '--config', 'cfg.yaml', *map(str, args)]
-    if launch is None: r = run_forked(vlmkit_main_of(argv), argv, cwd=folder)
+    if launch is None: r = run_forked(vlmkit_main, argv, cwd=folder)
     else: r = subprocess.run([*launch, *argv], cwd=folder, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return r
@@ -141,7 +143,7 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(tmp_path):
     vlmkit_sft(tmp_path, '--output-dir', 'whole')
     steps = json.loads((tmp_path/'whole'/'trainer_state.json').read_text())['global_step']
     argv = ['sft', '--config', 'cfg.yaml', '--output-dir', 'cut']
-    p = Forked(vlmkit_main_of(argv), argv, cwd=tmp_path)
+    p = Forked(vlmkit_main, argv, cwd=tmp_path)
     mark = tmp_path/'cut'/'checkpoint-8'/'trainer_state.json'
     written = wait_until_written(p, mark)
     p.kill()
