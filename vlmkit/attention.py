@@ -13,9 +13,10 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
            'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
-           'varlen_attention_forward', 'register_varlen_attention', 'attend_with_lse', 'merge_attention',
-           'shares_prefix', 'shared_prefix_attention', 'gqa_sdpa_attention_forward', 'register_decode_attention',
-           'attention_kernels', 'keep_attention_context']
+           'varlen_attention_forward', 'register_varlen_attention', 'attention_bias', 'attend_with_lse',
+           'merge_attention', 'shares_prefix', 'prompt_chunks', 'merge_attention_chunks', 'attend_prompt_once',
+           'shared_prefix_attention', 'gqa_sdpa_attention_forward', 'register_decode_attention', 'attention_kernels',
+           'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -240,26 +241,40 @@ def register_varlen_attention():
     return VARLEN_IMPL
 
 # %% ../nbs/04_attention.ipynb #d61bc2ad
-from torch.nn.attention.flex_attention import flex_attention
+def attention_bias(mask:torch.Tensor, dtype:torch.dtype) -> torch.Tensor:
+    """The additive form `[N, 1, 1, L]` of a boolean `mask` `[N, L]`: 0 where allowed, `dtype`'s lowest value elsewhere (finite:
+    a row with nothing allowed stays free of NaN); each row padded to a multiple of 16 slots and cut back, as fused kernels align."""
+    n, length = mask.shape
+    bias = torch.zeros(n, length + -length % 16, dtype=dtype, device=mask.device)[:, :length]
+    return bias.masked_fill_(~mask, torch.finfo(dtype).min)[:, None, None]
+
+def _attend_lse_math(q, k, v, bias, scale):
+    "float32 math: the reference, and the way on devices without a fused kernel that returns the log-sum-exp."
+    s = q.float() @ k.float().transpose(-1, -2) * scale + bias.float()
+    lse = s.logsumexp(-1)
+    return ((s - lse[..., None]).exp() @ v.float()).to(q.dtype), lse
 
 def attend_with_lse(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, mask:torch.Tensor, scale:float|None=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of `q` `[N, H, M, D]` on `k`, `v` `[N, H, L, D]` at the positions `mask` `[N, L]` (bool) allows: `(out [N, H, M, D],
     its log-sum-exp [N, H, M] float32)`; a query with no allowed position gets zeros and -inf."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if torch.compiler.is_compiling():
-        allowed = lambda score, b, h, q_idx, k_idx: torch.where(mask[b, k_idx], score, float('-inf'))
-        out, lse = flex_attention(q, k, v, score_mod=allowed, scale=scale, return_lse=True)
-        return out, lse.float()
-    s = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~mask[:, None, None], float('-inf'))
-    lse = s.logsumexp(-1)
-    p = (s - torch.where(lse.isfinite(), lse, 0)[..., None]).exp()
-    return (p @ v.float()).to(q.dtype), lse
+    N, H, M, _ = q.shape
+    bias = attention_bias(mask, q.dtype)
+    if q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias.expand(N, H, M, -1), True, scale=scale)[:2]
+        lse = lse[..., :M]                                          # the kernel pads its log-sum-exp rows
+    elif q.device.type == 'cpu':
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias, scale=scale)[:2]
+    else: out, lse = _attend_lse_math(q, k, v, bias, scale)
+    empty = ~mask.any(-1)[:, None, None]                            # [N, 1, 1]: rows with nothing to attend
+    return out.masked_fill(empty[..., None], 0), lse.float().masked_fill(empty, float('-inf'))
 
 def merge_attention(out_a:torch.Tensor, lse_a:torch.Tensor, out_b:torch.Tensor, lse_b:torch.Tensor) -> torch.Tensor:
     "The attention output over two disjoint sets of keys, from each set's output `[..., M, D]` and log-sum-exp `[..., M]`."
     lse = torch.logaddexp(lse_a, lse_b)
     weight = lambda part: (part - torch.where(lse.isfinite(), lse, 0)).exp()[..., None]
     return (out_a.float() * weight(lse_a) + out_b.float() * weight(lse_b)).to(out_a.dtype)
+
 
 # %% ../nbs/04_attention.ipynb #7037d2a6
 def shares_prefix(query:torch.Tensor, key:torch.Tensor, attention_mask, shared_prefix, sliding_window=None) -> bool:
@@ -269,19 +284,41 @@ def shares_prefix(query:torch.Tensor, key:torch.Tensor, attention_mask, shared_p
     if attention_mask is not None and attention_mask.dtype != torch.bool: return False
     return group > 1 and query.shape[0] % group == 0 and 0 < slots < key.shape[2]
 
+def prompt_chunks(slots:int, shortest:int=64, most:int=16) -> int:
+    "In how many equal chunks a group's `slots` prompt slots are read: the most, up to `most`, of at least `shortest` slots each (1 if none)."
+    return next((c for c in range(most, 1, -1) if slots % c == 0 and slots // c >= shortest), 1)
+
+def merge_attention_chunks(out:torch.Tensor, lse:torch.Tensor, dim:int) -> tuple[torch.Tensor, torch.Tensor]:
+    "`merge_attention` over many disjoint sets of keys at once: outputs `[..., M, D]` and log-sum-exps `[..., M]` stacked at `dim` (of `lse`)."
+    total = lse.logsumexp(dim)
+    weight = (lse - torch.where(total.isfinite(), total, 0).unsqueeze(dim)).exp()
+    return (out.float() * weight[..., None]).sum(dim).to(out.dtype), total
+
+def attend_prompt_once(by_group:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
+                       scale:float|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's queries `by_group` `[n, H_kv, M, D]` on its first row's first `slots` cache slots: `(out, lse)`. The slots
+    are read in `prompt_chunks(slots)` chunks, each chunk its own batch entry, and merged: a fused kernel runs one block a
+    batch entry and head, and a few groups of eight key/value heads alone would leave most of a GPU idle."""
+    n, kv, M, D = by_group.shape
+    c = prompt_chunks(slots)
+    chunked = lambda t: (t.unflatten(0, (n, group))[:, 0, :, :slots].unflatten(2, (c, slots // c))   # [n, H_kv, c, slots/c, D]
+                         .transpose(1, 2).reshape(n * c, kv, slots // c, D))
+    out, lse = attend_with_lse(by_group.repeat_interleave(c, 0), chunked(key), chunked(value),
+                               mask[::group, :slots].reshape(n * c, slots // c), scale)
+    return merge_attention_chunks(out.unflatten(0, (n, c)), lse.unflatten(0, (n, c)), 1)
+
 def shared_prefix_attention(query:torch.Tensor, key:torch.Tensor, value:torch.Tensor, attention_mask:torch.Tensor|None,
                             group:int, slots:int, scale:float|None=None) -> torch.Tensor:
     """A one-token decode step's attention `[B, 1, H, D]` (query `[B, H, 1, D]`, cache `[B, H_kv, S, D]`, mask `[B, 1, 1, S]`)
     where rows in consecutive groups of `group` hold the same keys and values in their first `slots` slots: those are read
-    once a group (from the group's first row), the other slots row by row, and the two attentions merged."""
+    once a group (from the group's first row, `attend_prompt_once`), the other slots row by row, and the two attentions merged."""
     B, H, _, D = query.shape
     kv = key.shape[1]
     n, per = B // group, H // kv
     mask = attention_mask[:, 0, -1] if attention_mask is not None else torch.ones(B, key.shape[2], dtype=torch.bool, device=key.device)
     q = query.reshape(B, kv, per, D)                                                      # query heads by the key/value head they read
-    first = lambda t: t.unflatten(0, (n, group))[:, 0, :, :slots]                        # [n, H_kv, slots, D]: each group's first row
     by_group = q.unflatten(0, (n, group)).transpose(1, 2).reshape(n, kv, group * per, D)  # a group's queries of one key/value head
-    prompt_out, prompt_lse = attend_with_lse(by_group, first(key), first(value), mask[::group, :slots], scale)
+    prompt_out, prompt_lse = attend_prompt_once(by_group, key, value, mask, group, slots, scale)
     to_rows = lambda t: t.unflatten(2, (group, per)).transpose(1, 2).flatten(0, 1)       # [n, H_kv, G x per, ...] -> [B, H_kv, per, ...]
     own_out, own_lse = attend_with_lse(q, key[:, :, slots:], value[:, :, slots:], mask[:, slots:], scale)
     out = merge_attention(to_rows(prompt_out), to_rows(prompt_lse), own_out, own_lse)

@@ -272,8 +272,8 @@ _share_prompt_reads = False
 @contextmanager
 def share_prompt_reads(on:bool=True):
     """Within the block (on), decode steps of rows that share a prompt read its keys and values once a group
-    (`shared_prefix_attention`): FlexAttention kernels in compiled steps, float32 math (a reference, slower) in eager ones.
-    Off by default: its speed inside a compiled step's CUDA graph is not measured yet (see `bench/RESULTS.md`)."""
+    (`shared_prefix_attention`: PyTorch's fused kernels that return the log-sum-exp, eagerly and in compiled steps).
+    Off by default: with the prompt read in chunks side by side, its speed in a compiled step is not measured yet (see `bench/RESULTS.md`)."""
     global _share_prompt_reads
     before, _share_prompt_reads = _share_prompt_reads, on
     try: yield
