@@ -416,6 +416,8 @@ def _add_eval(sub):
     p.add_argument('--out', required=True, metavar='DIR', help="output folder")
     p.add_argument('--batch-size', type=int, default=8, metavar='N', help="prompts decoded together (default: 8)")
     p.add_argument('--max-new-tokens', type=int, default=64, metavar='N', help="longest answer, in tokens (default: 64)")
+    p.add_argument('--crop-tool', metavar='SPACE', help="run the crop tool at each call the model makes (R-GRPO models), its boxes in SPACE: "
+                   "pixel (R-GRPO's rollouts' default), unit, k1000, resized_pixel, or a family's name for its grounding space (default: no tools)")
     _add_cache_flag(p)
     p.add_argument('--device', metavar='DEVICE', help="torch device (default: cuda when available, else cpu)")
     p.add_argument('--no-progress', dest='progress', action='store_false', help="no progress bar")
@@ -425,7 +427,7 @@ def eval_refcoco_main(args:argparse.Namespace) -> int:
     from vlmkit.grounding import eval_refcoco, read_results, table_markdown
     splits = [s for s in args.split.split(',') if s.strip()] if args.split else None
     try: rows = eval_refcoco(args.model, args.data, args.out, splits, args.images, args.batch_size, args.max_new_tokens,
-                             device=args.device, progress=args.progress, cache=args.cache)
+                             device=args.device, progress=args.progress, cache=args.cache, crop_tool=args.crop_tool)
     except (FileNotFoundError, ValueError) as e:
         print(f"vlmkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

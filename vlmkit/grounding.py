@@ -4,7 +4,7 @@
 
 # %% ../nbs/61_grounding.ipynb #839e16b1
 from __future__ import annotations
-import json
+import json, re
 from contextlib import nullcontext
 from pathlib import Path
 import torch
@@ -15,11 +15,13 @@ from .family import FAMILIES, family_of, model_dtype
 from .generation import split_thinking
 from .images import ImageLoadError
 from .refcoco import SPLITS, Ref
+from .rollout import rollout
+from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, Tools, crop_space
 
 # %% auto #0
-__all__ = ['grounding_conversation', 'first_box', 'grounding_record', 'score_answer', 'evaluate_grounding', 'read_results',
-           'results_table', 'table_markdown', 'failures', 'write_report', 'load_model', 'parse_split', 'load_splits',
-           'eval_refcoco']
+__all__ = ['grounding_conversation', 'first_box', 'grounding_record', 'score_answer', 'without_tool_calls', 'evaluate_grounding',
+           'read_results', 'results_table', 'table_markdown', 'failures', 'write_report', 'load_model', 'parse_split',
+           'load_splits', 'eval_refcoco']
 
 # %% ../nbs/61_grounding.ipynb #20f0bc64
 def grounding_conversation(ref:Ref, family) -> Conversation:
@@ -102,13 +104,41 @@ def _generated(model, processor, fam, ready:list, max_new_tokens:int, generate_k
         if len(ready) == 1: yield [(ready[0], f"generate: {type(e).__name__}: {str(e)[:300]}")]; return
     for item in ready: yield from _generated(model, processor, fam, [item], max_new_tokens, generate_kwargs)
 
+_TOOL_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + '.*?' + re.escape(TOOL_CALL_CLOSE) + r'(<image>|<tool_response>.*?</tool_response>)*', re.S)
+
+def without_tool_calls(text:str) -> str:
+    "A trajectory's text (`vlmkit.rollout.Rollout.text`) without its tool calls and their results: what the model said besides."
+    return _TOOL_CALL.sub('', text)
+
+def _rolled_out(model, processor, fam, refs:list, max_new_tokens:int, tools:Tools, max_tool_calls:int, generate_kwargs:dict) -> list:
+    "`[(ref, Rollout or error text)]`: greedy rollouts of the refs' questions, each call run by `tools`; if the batch fails, each ref alone."
+    try:
+        convs = [grounding_conversation(ref, fam) for ref in refs]
+        return list(zip(refs, rollout(model, processor, convs, group_size=1, family=fam, max_new_tokens=max_new_tokens,
+                                      max_tool_calls=max_tool_calls, tools=tools, do_sample=False, **generate_kwargs)))
+    except Exception as e:
+        if len(refs) == 1: return [(refs[0], f"image: {e}" if _about_image(e) else f"rollout: {type(e).__name__}: {str(e)[:300]}")]
+    return [pair for ref in refs for pair in _rolled_out(model, processor, fam, [ref], max_new_tokens, tools, max_tool_calls, generate_kwargs)]
+
+def _evaluate_with_tools(model, processor, fam, refs:list, max_new_tokens:int, tools:Tools, max_tool_calls:int, generate_kwargs:dict) -> list[dict]:
+    recs = []
+    for ref, ro in _rolled_out(model, processor, fam, refs, max_new_tokens, tools, max_tool_calls, generate_kwargs):
+        if isinstance(ro, str): recs.append(grounding_record(ref, fam.name, error=ro)); continue
+        r = ro.rendered
+        rec = score_answer(ref, without_tool_calls(ro.text), fam.syntax, r.image_sizes[0], r.resized_sizes[0] if r.resized_sizes else None)
+        recs.append(rec | dict(text=ro.text, tool_calls=ro.tool_calls, tool_errors=ro.tool_errors))
+    return recs
+
 def evaluate_grounding(model, processor, refs, out=None, family=None, batch_size:int=8, max_new_tokens:int=64,
-                       progress:bool=True, resume:bool=True, render_kwargs:dict|None=None, **generate_kwargs) -> list[dict]:
+                       progress:bool=True, resume:bool=True, render_kwargs:dict|None=None, tools:Tools|None=None,
+                       max_tool_calls:int=3, **generate_kwargs) -> list[dict]:
     """The result record of every ref in `refs` (in their order), from `model`'s greedy answers to its family's grounding
     question, decoded `batch_size` at a time. `out`: a JSONL file that gets one record per ref, flushed per batch; with
     `resume`, refs already in it are not run again (without, it starts empty). `family` defaults to the model's;
-    `render_kwargs` go to `family.render` (Ovis2.5: `thinking=False`), other keywords to `family.generate`."""
+    `render_kwargs` go to `family.render` (Ovis2.5: `thinking=False`), other keywords to `family.generate`. With `tools`,
+    each ref is a greedy `vlmkit.rollout.rollout` whose tool calls run (at most `max_tool_calls`), other keywords go to it."""
     fam, refs = family_of(family if family is not None else model), list(refs)
+    if tools is not None and render_kwargs: raise ValueError("render_kwargs: not used with tools (rollouts render their own prompts)")
     out = None if out is None else Path(out)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +149,9 @@ def evaluate_grounding(model, processor, refs, out=None, family=None, batch_size
     bar = tqdm(total=len(refs), initial=len(refs) - len(todo), disable=not progress, desc=f'{fam.name} grounding', unit='ref')
     with (out.open('a') if out is not None else nullcontext()) as f:
         for i in range(0, len(todo), batch_size):
-            recs = _evaluate_batch(model, processor, fam, todo[i:i + batch_size], max_new_tokens, render_kwargs or {}, generate_kwargs)
+            batch = todo[i:i + batch_size]
+            recs = (_evaluate_batch(model, processor, fam, batch, max_new_tokens, render_kwargs or {}, generate_kwargs) if tools is None
+                    else _evaluate_with_tools(model, processor, fam, batch, max_new_tokens, tools, max_tool_calls, generate_kwargs))
             for rec in recs: done[rec['id']] = rec
             if f is not None: f.write(''.join(json.dumps(rec) + '\n' for rec in recs)); f.flush()
             bar.update(len(recs))
@@ -221,12 +253,16 @@ def load_splits(root, splits=None, image_root=None) -> list[Ref]:
     return refs
 
 def eval_refcoco(model:str, data, out, splits=None, images=None, batch_size:int=8, max_new_tokens:int=64, device=None,
-                 dtype=None, progress:bool=True, cache:str='dynamic') -> list[dict]:
-    "Evaluate checkpoint (or 'tiny:FAMILY') `model` on `splits` of the data root `data`; writes `out`/results.jsonl, table.md, failures.jsonl (resuming) and returns the table's rows."
+                 dtype=None, progress:bool=True, cache:str='dynamic', crop_tool:str|None=None) -> list[dict]:
+    """Evaluate checkpoint (or 'tiny:FAMILY') `model` on `splits` of the data root `data`; writes `out`/results.jsonl, table.md,
+    failures.jsonl (resuming) and returns the table's rows. `crop_tool`: the space of the crop tool's boxes (`pixel`, R-GRPO's
+    rollouts' default, or a space or family name, see `vlmkit.tools.crop_space`), run at each call the model makes."""
+    from vlmkit.tools import default_tools
+    tools = None if crop_tool is None else default_tools(crop_space(crop_tool))
     data, out = Path(data), Path(out)
     image_root = Path(images) if images is not None else data/'images' if (data/'images').is_dir() else None
     refs = load_splits(data, [parse_split(s) if isinstance(s, str) else s for s in splits] if splits else None, image_root)
     fam, m, processor = load_model(model, device, dtype)
     results = evaluate_grounding(m, processor, refs, out=out/'results.jsonl', family=fam, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, progress=progress, cache=cache)
+                                 max_new_tokens=max_new_tokens, progress=progress, cache=cache, tools=tools)
     return write_report(results, out)

@@ -90,12 +90,14 @@ def tour_pipeline(out, data:dict, s:TourSettings) -> Path:
 
 # %% ../nbs/80_tour.ipynb #98123d47
 def tour_eval(model, family, refs, out, s:TourSettings) -> list[dict]:
-    "`vlmkit.grounding.evaluate_grounding` of `model` (a PEFT wrapper or not) on `refs`: greedy answers of at most `s.max_new_tokens`, records written to `out` afresh."
+    """`vlmkit.grounding.evaluate_grounding` of `model` (a PEFT wrapper or not) on `refs`: greedy answers of at most `s.max_new_tokens`,
+    each crop-tool call run as in training (pixel boxes), records written to `out` afresh."""
     from vlmkit.grounding import evaluate_grounding
     from vlmkit.lora import base_of
+    from vlmkit.tools import default_tools
     _, processor = FAMILIES[family].tiny()
     return evaluate_grounding(base_of(model).eval(), processor, refs, out=out, family=family, batch_size=64,
-                              max_new_tokens=s.max_new_tokens, progress=False, resume=False)
+                              max_new_tokens=s.max_new_tokens, progress=False, resume=False, tools=default_tools())
 
 # %% ../nbs/80_tour.ipynb #5decedde
 class RolloutRecorder:
