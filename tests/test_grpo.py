@@ -120,6 +120,25 @@ def test_rollout_reuse_cache_reaches_the_rollouts():
         assert tr.rollout_kwargs['reuse_cache'] is reuse
 
 
+def test_crop_space_reaches_the_rollouts_and_crop_reward():
+    "`--crop-space` sets the crop tool the rollouts run and the space crop_reward reads the calls in; a space that does not exist is a ConfigError naming the field."
+    from vlmkit.cli import grpo_config, parser
+    from vlmkit.sft import ConfigError
+    from vlmkit.grpo import check_grpo_config
+    from vlmkit.tools import default_tools
+    folder = Path(tempfile.mkdtemp()); (folder/'x.jsonl').touch()
+    argv = ['grpo', '--family', 'internvl3_5', '--model', 'tiny', '--train', str(folder/'x.jsonl'), '--output-dir', str(folder/'out')]
+    fam = FAMILIES['internvl3_5']
+    for flags, space in (([], 'pixel'), (['--crop-space', 'internvl3_5'], 'k1000'), (['--crop-space', 'unit'], 'unit')):
+        cfg = check_grpo_config(grpo_config(parser().parse_args(argv + flags)))
+        model, processor = fam.tiny()
+        tr = grpo_trainer(cfg, prepare_model(model, fam, cfg, verbose=False), fam, processor, grounding_prompts(fam, n=2))
+        assert tr.crop_space == space
+        assert tr.rollout_kwargs['tools']['Crop'].description == default_tools(space)['Crop'].description
+    with pytest.raises(ConfigError, match="crop_space: crop space 'inches'"):
+        check_grpo_config(grpo_config(parser().parse_args(argv + ['--crop-space', 'inches'])))
+
+
 # --- learning, and a killed run resumed ---
 
 LEARN_REWARD = '''

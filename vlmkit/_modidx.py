@@ -154,6 +154,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'vlmkit.cli._one_line_errors': ('cli.html#_one_line_errors', 'vlmkit/cli.py'),
                             'vlmkit.cli._read_samples': ('cli.html#_read_samples', 'vlmkit/cli.py'),
                             'vlmkit.cli._teacher': ('cli.html#_teacher', 'vlmkit/cli.py'),
+                            'vlmkit.cli._tools_flag': ('cli.html#_tools_flag', 'vlmkit/cli.py'),
                             'vlmkit.cli._weights': ('cli.html#_weights', 'vlmkit/cli.py'),
                             'vlmkit.cli._yaml_mapping': ('cli.html#_yaml_mapping', 'vlmkit/cli.py'),
                             'vlmkit.cli.chat_main': ('cli.html#chat_main', 'vlmkit/cli.py'),

@@ -13,7 +13,7 @@ from .boxes import Parsed, draw_parsed, parse_boxes
 from .conversation import Conversation, ImageRef, Text, ToolCall, ToolResult, Turn, VideoRef
 from .family import Family, Rendered, family_of, model_dtype
 from .generation import IncrementalDecoder, split_thinking
-from .tools import Tools, default_tools
+from .tools import Tools, crop_space, default_tools
 from .video import sample_frames
 
 # %% auto #0
@@ -174,10 +174,12 @@ def make_reply(fam:Family, text:str, conv:Conversation, r:Rendered, finished:boo
 
 # %% ../nbs/71_chat.ipynb #cfc58626
 def _tool_set(tools, fam:Family) -> Tools|None:
-    "`tools` as a `Tools` registry: 'crop' is the crop tool reading boxes in the family's own grounding space."
+    """`tools` as a `Tools` registry: 'crop' is the crop tool reading boxes in the family's own grounding space, 'crop:SPACE' in
+    SPACE (`vlmkit.tools.crop_space`: 'crop:pixel' for models trained on vlmkit's crop-tool data or R-GRPO's default)."""
     if tools is None or isinstance(tools, Tools): return tools
     if tools == 'crop': return default_tools(fam)
-    raise ValueError(f"tools={tools!r}: give 'crop' (the crop tool), a vlmkit.tools.Tools registry, or None")
+    if isinstance(tools, str) and tools.startswith('crop:'): return default_tools(crop_space(tools[len('crop:'):]))
+    raise ValueError(f"tools={tools!r}: give 'crop' or 'crop:SPACE' (the crop tool), a vlmkit.tools.Tools registry, or None")
 
 @dataclass
 class Prepared:

@@ -116,8 +116,18 @@ def _add_model_flags(p):
     p.add_argument('--max-new-tokens', type=int, default=256, metavar='N', help="longest reply, in tokens (default: 256)")
     p.add_argument('--thinking', action=argparse.BooleanOptionalAction, default=None, help="thinking on or off, where the family has the switch (default: the family's)")
     p.add_argument('--budget', type=int, metavar='N', help="thinking budget in tokens, where the family has one")
-    p.add_argument('--tools', choices=('crop',), help="run the crop tool on the model's calls")
+    p.add_argument('--tools', type=_tools_flag, metavar='crop[:SPACE]', help="run the crop tool on the model's calls, its boxes in the "
+                   "family's grounding space, or in SPACE: pixel (models trained on vlmkit's crop-tool data, R-GRPO's default), unit, k1000, resized_pixel")
     _add_cache_flag(p)
+
+def _tools_flag(s:str) -> str:
+    "`--tools`: 'crop' or 'crop:SPACE' with a space `vlmkit.tools.crop_space` knows."
+    from vlmkit.tools import crop_space
+    if s == 'crop': return s
+    if not s.startswith('crop:'): raise argparse.ArgumentTypeError(f"{s!r}: give crop or crop:SPACE")
+    try: crop_space(s[len('crop:'):])
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return s
 
 def _add_cache_flag(p):
     p.add_argument('--cache', choices=CACHES, default='dynamic', help="the decode engine's KV cache: dynamic (default), static, or compiled (static, steps through torch.compile: CUDA graphs on a GPU, where it decodes 1.5-3x faster after compiling; bench/RESULTS.md)")

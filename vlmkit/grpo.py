@@ -17,6 +17,7 @@ from .conversation import Conversation, ImageRef, Turn
 from .data import read_conversations
 from .family import Rendered, family_of
 from .generation import CACHES
+from .tools import crop_space as tool_space, default_tools
 from .images import synthetic_image
 from .lora import base_of, load_adapter
 from .loss import _accumulate_matmul, hidden_states_instead_of_logits, shift_labels
@@ -259,6 +260,7 @@ class GRPOConfig(RunConfig):
     train_tokens: int|None = opt(None, "train the micro-batch's rollouts in packed rows of at most this many tokens, a forward and backward each (one row when left out): bounds training memory, not the rollout batch")
     max_new_tokens: int = opt(256, "longest completion, in generated tokens")
     max_tool_calls: int = opt(3, "tool calls per completion at most")
+    crop_space: str = opt('pixel', "the crop tool's box space in rollouts and in crop_reward: pixel (original-image pixels, as in the research data and vlmkit's crop-tool data), unit, k1000, resized_pixel, or a family's name for its grounding space")
     temperature: float = opt(1.0, "sampling temperature (the loss's log-probs use it too)")
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int|None = opt(None, "top-k sampling")
@@ -285,6 +287,8 @@ def check_grpo_config(cfg:GRPOConfig) -> GRPOConfig:
         if getattr(cfg, name) < 1: raise ConfigError(f"{name}: must be 1 or more, got {getattr(cfg, name)}")
     if cfg.rollout_cache not in CACHES: raise ConfigError(f"rollout_cache: {cfg.rollout_cache!r} is not one of {', '.join(CACHES)}")
     if cfg.temperature <= 0: raise ConfigError(f"temperature: must be more than 0, got {cfg.temperature}")
+    try: tool_space(cfg.crop_space)
+    except ValueError as e: raise ConfigError(f"crop_space: {e}") from None
     reward_functions(cfg.rewards)
     return cfg
 
@@ -307,7 +311,7 @@ class GRPOTrainer(Trainer):
     "transformers' `Trainer` for GRPO: micro-batches of prompts become rollouts, rewards, advantages and one packed row."
     def __init__(self, *args, processor=None, family=None, reward_funcs=None, group_size:int=8, rollout_kwargs:dict|None=None,
                  epsilon:float=0.2, epsilon_high:float|None=None, beta:float=0.0, scale_rewards:str='group', loss_type:str='dapo',
-                 rollout_fn=None, train_tokens:int|None=None, **kwargs):
+                 rollout_fn=None, train_tokens:int|None=None, crop_space:str='pixel', **kwargs):
         kwargs.setdefault('data_collator', keep_records)
         super().__init__(*args, **kwargs)
         self.processor, self.family, self.group_size = processor, family_of(family if family is not None else self.model), group_size
@@ -315,6 +319,8 @@ class GRPOTrainer(Trainer):
         self.rollout_kwargs = dict(rollout_kwargs or {})
         self.epsilon, self.epsilon_high, self.beta, self.scale_rewards, self.loss_type = epsilon, epsilon_high, beta, scale_rewards, loss_type
         self.rollout_fn, self.train_tokens = rollout_fn, train_tokens
+        self.crop_space = tool_space(crop_space)   # the crop tool's box space: rollouts run it, crop_reward reads calls in it
+        self.rollout_kwargs.setdefault('tools', default_tools(self.crop_space))
         self.loss_is_scaled_for_ga = False     # each micro-batch's loss is its own mean; Trainer divides by the accumulation
         self._metrics, self._draw, self._timing = defaultdict(list), (None, 0), {}
 
@@ -348,6 +354,7 @@ class GRPOTrainer(Trainer):
         if len(rolls) != len(records) * G: raise RuntimeError(f"the rollout gave {len(rolls)} completions for {len(records)} prompts x {G}")
         columns = {k: [records[r.prompt_index]['columns'].get(k) for r in rolls] for k in dict.fromkeys(k for rec in records for k in rec['columns'])}
         columns.setdefault('syntax', [self.family.name] * len(rolls))
+        columns.setdefault('crop_space', [self.crop_space] * len(rolls))
         columns.setdefault('resized_size', [r.rendered.resized_sizes[0] if r.rendered.resized_sizes else None for r in rolls])  # the prompt image as the model saw it (Qwen's box space)
         totals, parts = score(self.reward_funcs, [_text_of(records[r.prompt_index]['prompt']) for r in rolls], [r.text for r in rolls], columns)
         scored = time.perf_counter()
@@ -476,6 +483,7 @@ def grpo_trainer(cfg:GRPOConfig, model, fam, processor, prompts:list, rollout_fn
     return GRPOTrainer(model=model, args=args, train_dataset=PromptDataset(prompts), processor=processor, family=fam,
                        reward_funcs=cfg.rewards, group_size=cfg.group_size, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                        beta=cfg.beta, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type, rollout_fn=rollout_fn, train_tokens=cfg.train_tokens,
+                       crop_space=cfg.crop_space,
                        rollout_kwargs=dict(max_new_tokens=cfg.max_new_tokens, max_tool_calls=cfg.max_tool_calls,
                                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, cache=cfg.rollout_cache,
                                            reuse_cache=cfg.rollout_reuse_cache))

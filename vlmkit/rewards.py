@@ -238,11 +238,13 @@ def crop_regions(text:str, size, space='pixel', resized_size=None, max_calls:int
 
 def crop_reward(prompts, completions, solution=None, image_size=None, syntax=None, resized_size=None, region=None,
                 crop_space:str='pixel', max_calls:int=3, bonus:float=0.5, **columns) -> list[float|None]:
-    "Up to `bonus` for crops of the evidence `region` (default: a box `solution`), paid only when the answer is right and every call is a valid crop, at most `max_calls`."
+    """Up to `bonus` for crops of the evidence `region` (default: a box `solution`), paid only when the answer is right and every call is
+    a valid crop, at most `max_calls`; `crop_space`: the space the calls' boxes are in (one for all, or a column)."""
     n = len(completions)
     sizes, out = _image_sizes(image_size, n, columns), []
-    rows = zip(_texts(completions), _column(solution, n), sizes, _column(syntax, n, (str,)), _column(resized_size, n), _column(region, n))
-    for text, gold, size, sx, rs, reg in rows:
+    rows = zip(_texts(completions), _column(solution, n), sizes, _column(syntax, n, (str,)), _column(resized_size, n), _column(region, n),
+               _column(crop_space, n, (str,)))
+    for text, gold, size, sx, rs, reg, space in rows:
         gold_box = _gold_box(gold, size)
         reg = _gold_box(reg, size) if reg is not None else gold_box
         golds = None if gold_box is not None else _gold_answers(gold)
@@ -254,7 +256,7 @@ def crop_reward(prompts, completions, solution=None, image_size=None, syntax=Non
             box = predicted_box(reply.answer, sx, size, rs)
             right = box is not None and box_iou(box, gold_box)[0, 0] >= 0.5 and relative_iou(box_iou(box, gold_box)[0, 0], gold_box, size) > 0
         else: right = any(answers_match(reply.answer, g) for g in golds)
-        crops = crop_regions(text, size, crop_space, rs, max_calls) if right else None
+        crops = crop_regions(text, size, space, rs, max_calls) if right else None
         if not crops: out.append(0.0); continue
         best = max(relative_iou(box_iou(np.asarray(c), reg)[0, 0], reg, size) for c in crops)
         out.append(bonus * min(1.0, best))
