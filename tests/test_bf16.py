@@ -263,3 +263,23 @@ def test_trainers_in_bf16(family, tmp_path):
     logged = next(h for h in trainer.state.log_history if 'time/training' in h)
     assert math.isfinite(logged['loss']) and logged['tokens'] > 0, logged
     assert any(not torch.equal(p, before[n]) for n, p in policy.named_parameters() if n in before), f"the GRPO step changed no adapter weight: {logged}"
+
+
+@pytest.mark.parametrize('mode', ['bf16', 'bf16-default'])
+def test_shared_prompt_read_in_bf16(mode):
+    """A decode step's attention with each group's prompt read once, in chunks (`vlmkit.attention.shared_prefix_attention`,
+    what compiled GPU steps run within `share_prompt_reads()`): bf16 inputs, also under a bf16 default, within bf16's
+    rounding of float32 SDPA over every row's whole cache; a left-padded prompt and unfilled slots masked."""
+    import torch.nn.functional as F
+    from vlmkit.attention import prompt_chunks, shared_prefix_attention
+    g = torch.Generator().manual_seed(0)
+    B, group, slots, S = 4, 2, 256, 300
+    q = torch.randn(B, 4, 1, 16, generator=g)
+    k, v = (torch.randn(B, 2, S, 16, generator=g) for _ in range(2))
+    for t in (k, v): t[:, :, :slots] = t[::group, :, :slots].repeat_interleave(group, 0)
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool); mask[:group, ..., :70] = False; mask[..., 290:] = False
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    assert prompt_chunks(slots) == 4
+    with dtype_mode(mode): got = shared_prefix_attention(*(t.bfloat16() for t in (q, k, v)), mask, group, slots)
+    assert got.dtype == torch.bfloat16 and got.shape == ref.shape and bool(got.isfinite().all())
+    assert (got.float() - ref).abs().max() <= BF16_TOL * ref.abs().max()
