@@ -14,7 +14,7 @@ import torch.nn.functional as F
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
            'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
            'varlen_attention_forward', 'register_varlen_attention', 'attention_bias', 'attend_with_lse',
-           'merge_attention', 'shares_prefix', 'prompt_chunks', 'merge_attention_chunks', 'attend_prompt_once',
+           'merge_attention_chunks', 'merge_attention', 'shares_prefix', 'prompt_chunks', 'attend_prompt_once',
            'shared_prefix_attention', 'gqa_sdpa_attention_forward', 'register_decode_attention', 'attention_kernels',
            'keep_attention_context']
 
@@ -269,12 +269,15 @@ def attend_with_lse(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, mask:torch.T
     empty = ~mask.any(-1)[:, None, None]                            # [N, 1, 1]: rows with nothing to attend
     return out.masked_fill(empty[..., None], 0), lse.float().masked_fill(empty, float('-inf'))
 
+def merge_attention_chunks(out:torch.Tensor, lse:torch.Tensor, dim:int) -> tuple[torch.Tensor, torch.Tensor]:
+    "The attention over disjoint sets of keys, from each set's output `[..., M, D]` and log-sum-exp `[..., M]` stacked at `dim` (of `lse`): `(out, lse)`."
+    total = lse.logsumexp(dim)
+    weight = (lse - torch.where(total.isfinite(), total, 0).unsqueeze(dim)).exp()
+    return (out.float() * weight[..., None]).sum(dim).to(out.dtype), total
+
 def merge_attention(out_a:torch.Tensor, lse_a:torch.Tensor, out_b:torch.Tensor, lse_b:torch.Tensor) -> torch.Tensor:
     "The attention output over two disjoint sets of keys, from each set's output `[..., M, D]` and log-sum-exp `[..., M]`."
-    lse = torch.logaddexp(lse_a, lse_b)
-    weight = lambda part: (part - torch.where(lse.isfinite(), lse, 0)).exp()[..., None]
-    return (out_a.float() * weight(lse_a) + out_b.float() * weight(lse_b)).to(out_a.dtype)
-
+    return merge_attention_chunks(torch.stack([out_a, out_b]), torch.stack([lse_a, lse_b]), 0)[0]
 
 # %% ../nbs/04_attention.ipynb #7037d2a6
 def shares_prefix(query:torch.Tensor, key:torch.Tensor, attention_mask, shared_prefix, sliding_window=None) -> bool:
@@ -287,12 +290,6 @@ def shares_prefix(query:torch.Tensor, key:torch.Tensor, attention_mask, shared_p
 def prompt_chunks(slots:int, shortest:int=64, most:int=16) -> int:
     "In how many equal chunks a group's `slots` prompt slots are read: the most, up to `most`, of at least `shortest` slots each (1 if none)."
     return next((c for c in range(most, 1, -1) if slots % c == 0 and slots // c >= shortest), 1)
-
-def merge_attention_chunks(out:torch.Tensor, lse:torch.Tensor, dim:int) -> tuple[torch.Tensor, torch.Tensor]:
-    "`merge_attention` over many disjoint sets of keys at once: outputs `[..., M, D]` and log-sum-exps `[..., M]` stacked at `dim` (of `lse`)."
-    total = lse.logsumexp(dim)
-    weight = (lse - torch.where(total.isfinite(), total, 0).unsqueeze(dim)).exp()
-    return (out.float() * weight[..., None]).sum(dim).to(out.dtype), total
 
 def attend_prompt_once(by_group:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
                        scale:float|None=None) -> tuple[torch.Tensor, torch.Tensor]:
