@@ -13,7 +13,7 @@ from .boxes import Parsed, draw_parsed, parse_boxes
 from .conversation import Conversation, ImageRef, Text, ToolCall, ToolResult, Turn, VideoRef
 from .family import Family, Rendered, family_of, model_dtype
 from .generation import IncrementalDecoder, split_thinking
-from .tools import Tools, crop_space, default_tools
+from .tools import Tools, named_tools
 from .video import sample_frames
 
 # %% auto #0
@@ -173,14 +173,6 @@ def make_reply(fam:Family, text:str, conv:Conversation, r:Rendered, finished:boo
                  None if root is None else str(root))
 
 # %% ../nbs/71_chat.ipynb #cfc58626
-def _tool_set(tools, fam:Family) -> Tools|None:
-    """`tools` as a `Tools` registry: 'crop' is the crop tool reading boxes in the family's own grounding space, 'crop:SPACE' in
-    SPACE (`vlmkit.tools.crop_space`: 'crop:pixel' for models trained on vlmkit's crop-tool data or R-GRPO's default)."""
-    if tools is None or isinstance(tools, Tools): return tools
-    if tools == 'crop': return default_tools(fam)
-    if isinstance(tools, str) and tools.startswith('crop:'): return default_tools(crop_space(tools[len('crop:'):]))
-    raise ValueError(f"tools={tools!r}: give 'crop' or 'crop:SPACE' (the crop tool), a vlmkit.tools.Tools registry, or None")
-
 @dataclass
 class Prepared:
     "A chat call's prompts, rendered and checked, ready to decode."
@@ -197,7 +189,7 @@ def prepare(model, processor, messages, images=None, video=None, thinking=None, 
     prompts, imgs, vids = ([messages], [images], [video]) if _is_one(messages) else (list(messages), None, None)
     if imgs is None: imgs, vids = _per_prompt(images, len(prompts), 'images'), _per_prompt(video, len(prompts), 'video')
     if not prompts: raise ValueError("no prompts given")
-    tools = _tool_set(tools, fam)
+    tools = named_tools(tools, fam)
     if tools is not None and (thinking is not None or budget is not None):
         raise ValueError("tools run through vlmkit.rollout with the family's default prompt: leave thinking and budget None with tools")
     if tools is not None and system is None: system = tools.system_prompt()

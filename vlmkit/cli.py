@@ -121,12 +121,11 @@ def _add_model_flags(p):
     _add_cache_flag(p)
 
 def _tools_flag(s:str) -> str:
-    "`--tools`: 'crop' or 'crop:SPACE' with a space `vlmkit.tools.crop_space` knows."
-    from vlmkit.tools import crop_space
-    if s == 'crop': return s
-    if not s.startswith('crop:'): raise argparse.ArgumentTypeError(f"{s!r}: give crop or crop:SPACE")
-    try: crop_space(s[len('crop:'):])
-    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    "`--tools`: 'crop' or 'crop:SPACE' (`vlmkit.tools.named_tools`, whose family is the model's), checked here."
+    from vlmkit.tools import named_tools
+    if s != 'crop':
+        try: named_tools(s)
+        except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
     return s
 
 def _add_cache_flag(p):

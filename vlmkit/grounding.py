@@ -4,7 +4,7 @@
 
 # %% ../nbs/61_grounding.ipynb #839e16b1
 from __future__ import annotations
-import json, re
+import json
 from contextlib import nullcontext
 from pathlib import Path
 import torch
@@ -16,12 +16,12 @@ from .generation import split_thinking
 from .images import ImageLoadError
 from .refcoco import SPLITS, Ref
 from .rollout import rollout
-from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, Tools, crop_space
+from .tools import Tools
 
 # %% auto #0
-__all__ = ['grounding_conversation', 'first_box', 'grounding_record', 'score_answer', 'without_tool_calls', 'evaluate_grounding',
-           'read_results', 'results_table', 'table_markdown', 'failures', 'write_report', 'load_model', 'parse_split',
-           'load_splits', 'eval_refcoco']
+__all__ = ['grounding_conversation', 'first_box', 'grounding_record', 'score_answer', 'evaluate_grounding', 'read_results',
+           'results_table', 'table_markdown', 'failures', 'write_report', 'load_model', 'parse_split', 'load_splits',
+           'eval_refcoco']
 
 # %% ../nbs/61_grounding.ipynb #20f0bc64
 def grounding_conversation(ref:Ref, family) -> Conversation:
@@ -104,12 +104,6 @@ def _generated(model, processor, fam, ready:list, max_new_tokens:int, generate_k
         if len(ready) == 1: yield [(ready[0], f"generate: {type(e).__name__}: {str(e)[:300]}")]; return
     for item in ready: yield from _generated(model, processor, fam, [item], max_new_tokens, generate_kwargs)
 
-_TOOL_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + '.*?' + re.escape(TOOL_CALL_CLOSE) + r'(<image>|<tool_response>.*?</tool_response>)*', re.S)
-
-def without_tool_calls(text:str) -> str:
-    "A trajectory's text (`vlmkit.rollout.Rollout.text`) without its tool calls and their results: what the model said besides."
-    return _TOOL_CALL.sub('', text)
-
 def _rolled_out(model, processor, fam, refs:list, max_new_tokens:int, tools:Tools, max_tool_calls:int, generate_kwargs:dict) -> list:
     "`[(ref, Rollout or error text)]`: greedy rollouts of the refs' questions, each call run by `tools`; if the batch fails, each ref alone."
     try:
@@ -125,7 +119,7 @@ def _evaluate_with_tools(model, processor, fam, refs:list, max_new_tokens:int, t
     for ref, ro in _rolled_out(model, processor, fam, refs, max_new_tokens, tools, max_tool_calls, generate_kwargs):
         if isinstance(ro, str): recs.append(grounding_record(ref, fam.name, error=ro)); continue
         r = ro.rendered
-        rec = score_answer(ref, without_tool_calls(ro.text), fam.syntax, r.image_sizes[0], r.resized_sizes[0] if r.resized_sizes else None)
+        rec = score_answer(ref, ro.conversation.turns[-1].text, fam.syntax, r.image_sizes[0], r.resized_sizes[0] if r.resized_sizes else None)
         recs.append(rec | dict(text=ro.text, tool_calls=ro.tool_calls, tool_errors=ro.tool_errors))
     return recs
 
@@ -258,7 +252,7 @@ def eval_refcoco(model:str, data, out, splits=None, images=None, batch_size:int=
     failures.jsonl (resuming) and returns the table's rows. `crop_tool`: the space of the crop tool's boxes (`pixel`, R-GRPO's
     rollouts' default, or a space or family name, see `vlmkit.tools.crop_space`), run at each call the model makes."""
     from vlmkit.tools import default_tools
-    tools = None if crop_tool is None else default_tools(crop_space(crop_tool))
+    tools = None if crop_tool is None else default_tools(crop_tool)
     data, out = Path(data), Path(out)
     image_root = Path(images) if images is not None else data/'images' if (data/'images').is_dir() else None
     refs = load_splits(data, [parse_split(s) if isinstance(s, str) else s for s in splits] if splits else None, image_root)

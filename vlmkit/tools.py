@@ -15,9 +15,9 @@ from .conversation import (IMAGE_PLACEHOLDER, Conversation, ConversationError, I
 
 # %% auto #0
 __all__ = ['TOOL_CALL_OPEN', 'TOOL_CALL_CLOSE', 'RESEARCH_CROP_SYSTEM', 'LEGACY_CROP_RE', 'ToolError', 'argument_problem',
-           'ToolContext', 'Tool', 'Tools', 'crop_space', 'crop_box', 'crop_tool', 'default_tools', 'BadCall',
-           'ParsedCalls', 'parse_tool_calls', 'format_tool_call', 'with_generated', 'answer_pending', 'LegacyCrop',
-           'parse_legacy_crops', 'legacy_crop_parts', 'crop_call_parts', 'legacy_crop_conversation',
+           'ToolContext', 'Tool', 'Tools', 'crop_space', 'crop_box', 'crop_tool', 'default_tools', 'named_tools',
+           'BadCall', 'ParsedCalls', 'parse_tool_calls', 'format_tool_call', 'with_generated', 'answer_pending',
+           'LegacyCrop', 'parse_legacy_crops', 'legacy_crop_parts', 'crop_call_parts', 'legacy_crop_conversation',
            'croptool_conversation']
 
 # %% ../nbs/41_tools.ipynb #d599ca42
@@ -269,6 +269,14 @@ def crop_tool(space='pixel', min_side:float=28, max_aspect:float=100, margin:flo
 def default_tools(space='pixel', **crop_settings) -> Tools:
     "A registry with the crop tool only, its box in `space` (`crop_tool`'s other settings as keywords)."
     return Tools([crop_tool(space, **crop_settings)])
+
+def named_tools(tools, family=None) -> Tools|None:
+    """A `tools=` argument as a registry: None, a `Tools` as it is, 'crop' (the crop tool, boxes in `family`'s grounding space)
+    or 'crop:SPACE' (boxes in SPACE, see `crop_space`: 'crop:pixel' for models trained on vlmkit's crop-tool data or R-GRPO's default)."""
+    if tools is None or isinstance(tools, Tools): return tools
+    if tools == 'crop': return default_tools(family)
+    if isinstance(tools, str) and tools.startswith('crop:'): return default_tools(tools[len('crop:'):])
+    raise ValueError(f"tools={tools!r}: give 'crop' or 'crop:SPACE' (the crop tool), a vlmkit.tools.Tools registry, or None")
 
 # %% ../nbs/41_tools.ipynb #e7be94b9
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = '<tool_call>', '</tool_call>'
