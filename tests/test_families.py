@@ -287,6 +287,12 @@ def _run_tour(fam, tiny):
         assert len(table['rewards']) == 1 and len(r['rollouts']) == 1 and len(r['rollouts'][0]) == 2   # one step: 1 prompt x 2 completions
         assert (Path(d)/'out'/'grpo'/'adapter_model.safetensors').is_file() and (Path(d)/'out'/'sft'/'config.json').is_file()
 
+def _run_tools(fam, tiny):
+    "`vlmkit.tools.named_tools`: 'crop' is the crop tool in the family's grounding space, 'crop:pixel' in pixels (as `default_tools` of those spaces)."
+    from vlmkit.tools import default_tools, named_tools
+    for spec, space in (('crop', fam.syntax.space), ('crop:pixel', 'pixel')):
+        assert named_tools(spec, fam)['Crop'].description == default_tools(space)['Crop'].description
+
 RUN = {
     'vlmkit.grounding_viz.filter_results': _run_filter_results,
     'Family.grounding_prompt': _run_grounding, 'vlmkit.grounding.grounding_conversation': _run_grounding,
@@ -306,6 +312,7 @@ RUN = {
     'vlmkit.grpo.grounding_prompts': _run_grpo, 'vlmkit.grpo.write_grounding_prompts': _run_grpo,
     'vlmkit.grpo.sample_logprobs': _run_grpo, 'vlmkit.grpo.reference_logprobs': _run_grpo,
     'vlmkit.rollout.rollout': _run_rollout, 'vlmkit.rollout.scripted_family': _run_rollout,
+    'vlmkit.tools.named_tools': _run_tools,
     'vlmkit.chat.chat': _run_chat, 'vlmkit.chat.prepare': _run_chat, 'vlmkit.family.Family.decoder': _run_chat,
     'vlmkit.tour.run_tour': _run_tour, 'vlmkit.tour.tour_eval': _run_tour, 'vlmkit.tour.crop_grounding': _run_tour,
 }
