@@ -24,7 +24,8 @@ engine's KV caches side by side, a training step's time split, and the plain tra
    static cache; the gap between them is the host's work between steps.
 
 `--share-prompt-reads`: every part decodes within `vlmkit.generation.share_prompt_reads()` (rows of one prompt read its
-keys and values once a group); run the same parts with and without it, one after the other on one machine.
+keys and values once a group); `--share-prompt-reads both` runs the reference part's vlmkit rows without and with it,
+side by side in one run (the other parts with it).
 `--max-autotune`: compiled steps autotune their matrix products (at batch 32 the weights' GEMMs are about 1.9 ms of a
 5.3 ms step on an H100, where reading the weights takes 1.1 ms); the same parts with and without it, on one machine.
 
@@ -96,7 +97,12 @@ def vlmkit_generate(model, rows, n, cache, do_sample=True):
     sampling = dict(do_sample=True, temperature=1.0, top_k=None) if do_sample else {}
     return generate(model, list(rows), max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache, **sampling)
 
+def read_modes(args) -> list[bool]:
+    "The reference part's ways of reading a group's prompt: `share_prompt_reads` off, on, or both side by side (`--share-prompt-reads`)."
+    return {'off': [False], 'on': [True], 'both': [False, True]}[args.share_prompt_reads]
+
 def part_reference(args, device):
+    from vlmkit.generation import share_prompt_reads
     model = reference_llm(args.tiny, device)
     prompts, rows = reference_batch(model, args, device)
     n, out = args.new_tokens, []
@@ -109,15 +115,18 @@ def part_reference(args, device):
         row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
         row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
         row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
-        for cache in args.caches:
-            row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache', len(rows), lambda: vlmkit_generate(model, rows, n, cache))
+        variants = [(cache, shared) for cache in args.caches for shared in read_modes(args)]
+        for cache, shared in variants:
+            with share_prompt_reads(shared):
+                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if shared else ''),
+                    len(rows), lambda: vlmkit_generate(model, rows, n, cache))
         for dtype in greedy_dtypes(args):          # greedy rows against transformers' greedy generate of the same batch
             model.to(dtype)
             greedy = plain_generate(model, rows, n, do_sample=False)
-            for r, cache in zip(out[-len(args.caches):], args.caches):
-                ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
+            for r, (cache, shared) in zip(out[-len(variants):], variants):
+                with share_prompt_reads(shared): ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
                 r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(ours, greedy)
-                print(f"    {cache} cache, {dtype_name(dtype)}: greedy rows identical to transformers': "
+                print(f"    {r['mode'].split(', ', 2)[-1]}, {dtype_name(dtype)}: greedy rows identical to transformers': "
                       f"{r[f'same_greedy_{dtype_name(dtype)}']} of {len(rows)} (median first difference at token {r[f'diverge_{dtype_name(dtype)}']})", flush=True)
     del model; release()
     return out
@@ -309,8 +318,9 @@ def main():
     ap.add_argument('--no-whole-prefill', dest='whole_prefill', action='store_false',
                     help="leave out the rollout row of the last cache that prefills whole trajectories after a call (rollout(reuse_cache=False))")
     ap.add_argument('--train-tokens', type=int, help="the step part's GRPOConfig.train_tokens: rollouts trained in packed rows of at most this many tokens (default: one row)")
-    ap.add_argument('--share-prompt-reads', action='store_true',
-                    help="decode within vlmkit.generation.share_prompt_reads(): a group's prompt keys and values read once for its rows")
+    ap.add_argument('--share-prompt-reads', nargs='?', const='on', default='off', choices=['off', 'on', 'both'],
+                    help="decode within vlmkit.generation.share_prompt_reads(): a group's prompt keys and values read once for its rows; "
+                         "'both': the reference part's vlmkit rows run without and with it, side by side, the other parts with it")
     ap.add_argument('--max-autotune', action='store_true',
                     help="compiled steps autotune their matrix products (torch._inductor.config.max_autotune_gemm: Triton templates "
                          "tried against cuBLAS at the decode's skinny shapes; compiling takes longer)")
@@ -325,7 +335,7 @@ def main():
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
     from vlmkit.generation import CACHES, share_prompt_reads
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
-    with share_prompt_reads(args.share_prompt_reads): run(args, parts, families)
+    with share_prompt_reads(args.share_prompt_reads != 'off'): run(args, parts, families)
 
 def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
@@ -337,7 +347,7 @@ def run(args, parts, families):
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     import transformers
     print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}"
-          + ("; within share_prompt_reads()" if args.share_prompt_reads else "")
+          + {'off': '', 'on': '; within share_prompt_reads()', 'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
           + ("; GEMMs autotuned" if args.max_autotune else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
     save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))

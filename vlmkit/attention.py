@@ -14,9 +14,9 @@ import torch.nn.functional as F
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
            'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
            'varlen_attention_forward', 'register_varlen_attention', 'attention_bias', 'attend_with_lse',
-           'merge_attention_chunks', 'merge_attention', 'shares_prefix', 'prompt_chunks', 'attend_prompt_once',
-           'shared_prefix_attention', 'gqa_sdpa_attention_forward', 'register_decode_attention', 'attention_kernels',
-           'keep_attention_context']
+           'merge_attention_chunks', 'merge_attention', 'decode_kernel_runs', 'decode_chunks', 'shared_decode_partials',
+           'shares_prefix', 'prompt_chunks', 'attend_prompt_once', 'shared_prefix_attention',
+           'gqa_sdpa_attention_forward', 'register_decode_attention', 'attention_kernels', 'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -279,6 +279,95 @@ def merge_attention(out_a:torch.Tensor, lse_a:torch.Tensor, out_b:torch.Tensor, 
     "The attention output over two disjoint sets of keys, from each set's output `[..., M, D]` and log-sum-exp `[..., M]`."
     return merge_attention_chunks(torch.stack([out_a, out_b]), torch.stack([lse_a, lse_b]), 0)[0]
 
+# %% ../nbs/04_attention.ipynb #083b7b11
+try:
+    import triton, triton.language as tl
+except ImportError: triton = None
+from torch.library import wrap_triton
+
+def decode_kernel_runs(query:torch.Tensor, key:torch.Tensor) -> bool:
+    "Does `shared_prefix_attention` run on the Triton decode kernel here: a CUDA tensor, Triton installed, a head size that is a power of two up to 256, contiguous head rows."
+    d = query.shape[-1]
+    return triton is not None and query.is_cuda and d >= 16 and d & (d - 1) == 0 and d <= 256 and key.stride(-1) == 1
+
+def decode_chunks(length:int, blocks:int, shortest:int=64, programs:int=512) -> int:
+    "In how many chunks `blocks` sets of queries read `length` slots: about `programs` programs in all, of at least `shortest` slots each (at least one chunk)."
+    return max(1, min(-(-length // shortest), -(-programs // blocks)))
+
+if triton is not None:
+    @triton.jit
+    def _decode_attention_kernel(Q, K, V, Mask, Out, Lse, sq_b, sq_h, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sm_b, sm_s, so_b, so_h, so_c,
+                         sl_b, sl_h, scale, start, length, chunk, first_chunk, rows, per,
+                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+        "One program: the queries of `rows` consecutive rows x `per` query heads of one key/value head, on one chunk of the slots of the first of those rows."
+        block, kvh, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        m = tl.arange(0, BLOCK_M)
+        valid = m < rows * per
+        row, head, d = block * rows + m // per, kvh * per + m % per, tl.arange(0, D)
+        q = tl.load(Q + row[:, None] * sq_b + head[:, None] * sq_h + d[None, :], mask=valid[:, None], other=0.0)
+        if UPCAST: q = q.to(tl.float32)
+        first, lo = block * rows, start + c * chunk
+        hi = tl.minimum(lo + chunk, start + length)
+        top = tl.full([BLOCK_M], float('-inf'), tl.float32)   # running maximum score
+        total = tl.zeros([BLOCK_M], tl.float32)                # running sum of exp(score - top)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            inside = n < hi
+            allowed = (tl.load(Mask + first * sm_b + n * sm_s, mask=inside, other=0) != 0) & inside
+            k = tl.load(K + first * sk_b + kvh * sk_h + n[:, None] * sk_s + d[None, :], mask=inside[:, None], other=0.0)
+            v = tl.load(V + first * sv_b + kvh * sv_h + n[:, None] * sv_s + d[None, :], mask=inside[:, None], other=0.0)
+            if UPCAST: k, v = k.to(tl.float32), v.to(tl.float32)
+            s = tl.where(allowed[None, :], tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale, float('-inf'))
+            new_top = tl.maximum(top, tl.max(s, 1))
+            shift = tl.where(new_top == float('-inf'), 0.0, new_top)   # a query that has seen nothing allowed yet stays at zero
+            p = tl.exp(s - shift[:, None])
+            fade = tl.exp(top - shift)
+            total = total * fade + tl.sum(p, 1)
+            acc = acc * fade[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            top = new_top
+        some = total > 0
+        out = acc / tl.where(some, total, 1.0)[:, None]
+        lse = tl.where(some, top + tl.log(tl.where(some, total, 1.0)), float('-inf'))
+        tl.store(Out + row[:, None] * so_b + head[:, None] * so_h + (first_chunk + c) * so_c + d[None, :], out, mask=valid[:, None])
+        tl.store(Lse + row * sl_b + head * sl_h + first_chunk + c, lse, mask=valid)
+
+
+def _launch_partials(q, key, value, mask, out, lse, rows:int, start:int, length:int, chunks:int, first_chunk:int, scale:float):
+    "`_decode_attention_kernel` on `chunks` chunks of the slots `start` to `start + length`, for sets of `rows` rows; writes chunks `first_chunk` on of `out`, `lse`."
+    B, H, D = q.shape
+    kv = key.shape[1]
+    per = H // kv
+    wrap_triton(_decode_attention_kernel)[(B // rows, kv, chunks)](
+        q, key, value, mask, out, lse, q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), mask.stride(0), mask.stride(1), out.stride(0), out.stride(1),
+        out.stride(2), lse.stride(0), lse.stride(1), scale, start, length, -(-length // chunks), first_chunk, rows, per,
+        D=D, BLOCK_M=max(16, 1 << (rows * per - 1).bit_length()), BLOCK_N=64, UPCAST=not q.is_cuda,
+        PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')   # float32 products in float32, not TF32
+
+@torch.library.triton_op('vlmkit::shared_decode_partials', mutates_args=())
+def _shared_decode_op(q:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
+                      scale:float) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, D = q.shape
+    kv, S = key.shape[1], key.shape[2]
+    prompt, own = decode_chunks(slots, B // group * kv), decode_chunks(S - slots, B * kv)
+    out = q.new_empty(B, H, prompt + own, D, dtype=torch.float32)
+    lse = q.new_empty(B, H, prompt + own, dtype=torch.float32)
+    _launch_partials(q, key, value, mask, out, lse, group, 0, slots, prompt, 0, scale)
+    _launch_partials(q, key, value, mask, out, lse, 1, slots, S - slots, own, prompt, scale)
+    return out, lse
+
+def shared_decode_partials(q:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
+                           scale:float|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A one-token decode step's attention in parts, on Triton (an operator `torch.compile` traces): query `q` `[B, H, D]`,
+    cache `key`/`value` `[B, H_kv, S, D]`, `mask` `[B, S]` (bool), rows in groups of `group` sharing their first `slots` slots.
+    Returns each part's output `[B, H, C, D]` and log-sum-exp `[B, H, C]` (float32), for `merge_attention_chunks` at dim 2:
+    C chunks, first those of the group's prompt (read once a group), then each row's own."""
+    if triton is None: raise RuntimeError('shared_decode_partials runs on Triton, which is not installed (pip install triton)')
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.vlmkit.shared_decode_partials(q, key, value, mask.view(torch.uint8), group, slots, scale)
+
+
 # %% ../nbs/04_attention.ipynb #7037d2a6
 def shares_prefix(query:torch.Tensor, key:torch.Tensor, attention_mask, shared_prefix, sliding_window=None) -> bool:
     "Can this decode step's attention read a shared prefix once a group: one query token, groups that divide the batch, slots before the cache's end, a boolean mask, no sliding window."
@@ -308,11 +397,15 @@ def shared_prefix_attention(query:torch.Tensor, key:torch.Tensor, value:torch.Te
                             group:int, slots:int, scale:float|None=None) -> torch.Tensor:
     """A one-token decode step's attention `[B, 1, H, D]` (query `[B, H, 1, D]`, cache `[B, H_kv, S, D]`, mask `[B, 1, 1, S]`)
     where rows in consecutive groups of `group` hold the same keys and values in their first `slots` slots: those are read
-    once a group (from the group's first row, `attend_prompt_once`), the other slots row by row, and the two attentions merged."""
+    once a group (from the group's first row), the other slots row by row, and the two attentions merged. On a GPU with
+    Triton one kernel reads both (`shared_decode_partials`), elsewhere PyTorch's fused kernels (`attend_prompt_once`)."""
     B, H, _, D = query.shape
     kv = key.shape[1]
     n, per = B // group, H // kv
     mask = attention_mask[:, 0, -1] if attention_mask is not None else torch.ones(B, key.shape[2], dtype=torch.bool, device=key.device)
+    if decode_kernel_runs(query, key):                                                    # on a GPU: one Triton kernel reads both parts
+        out, lse = shared_decode_partials(query[:, :, 0], key, value, mask, group, slots, scale)
+        return merge_attention_chunks(out, lse, 2)[0].to(query.dtype).unsqueeze(1)
     q = query.reshape(B, kv, per, D)                                                      # query heads by the key/value head they read
     by_group = q.unflatten(0, (n, group)).transpose(1, 2).reshape(n, kv, group * per, D)  # a group's queries of one key/value head
     prompt_out, prompt_lse = attend_prompt_once(by_group, key, value, mask, group, slots, scale)
