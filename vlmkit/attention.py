@@ -318,7 +318,7 @@ if triton is not None:
             k = tl.load(K + first * sk_b + kvh * sk_h + n[:, None] * sk_s + d[None, :], mask=inside[:, None], other=0.0)
             v = tl.load(V + first * sv_b + kvh * sv_h + n[:, None] * sv_s + d[None, :], mask=inside[:, None], other=0.0)
             if UPCAST: k, v = k.to(tl.float32), v.to(tl.float32)
-            s = tl.where(allowed[None, :], tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale, float('-inf'))
+            s = tl.where(allowed[None, :], (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32), float('-inf'))
             new_top = tl.maximum(top, tl.max(s, 1))
             shift = tl.where(new_top == float('-inf'), 0.0, new_top)   # a query that has seen nothing allowed yet stays at zero
             p = tl.exp(s - shift[:, None])
@@ -365,7 +365,7 @@ def shared_decode_partials(q:torch.Tensor, key:torch.Tensor, value:torch.Tensor,
     C chunks, first those of the group's prompt (read once a group), then each row's own."""
     if triton is None: raise RuntimeError('shared_decode_partials runs on Triton, which is not installed (pip install triton)')
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return torch.ops.vlmkit.shared_decode_partials(q, key, value, mask.view(torch.uint8), group, slots, scale)
+    return torch.ops.vlmkit.shared_decode_partials(q, key, value, mask.to(torch.uint8), group, slots, scale)
 
 
 # %% ../nbs/04_attention.ipynb #7037d2a6
