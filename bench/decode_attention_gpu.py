@@ -12,8 +12,8 @@ Ways, all the same function (checked against the first):
 - transformers' SDPA path, `repeat_kv` before SDPA (a copy of the cache per query head);
 - matmul, softmax, matmul, under `torch.compile`;
 - FlexAttention under `torch.compile`, a block mask by row length (CUDA only);
-- `shared_prefix_attention` under `torch.compile` (what the engine's compiled step runs for rows that share a prompt,
-  within `vlmkit.generation.share_prompt_reads()`): the rows in groups of `--group` (8) share their first positions, all
+- `shared_prefix_attention` under `torch.compile` (on a GPU with Triton its Triton kernel: what the engine's compiled step
+  runs by default for rows that share a prompt, `vlmkit.generation.reads_prompts_once`): the rows in groups of `--group` (8) share their first positions, all
   but the last 256 (a prompt and 256 new tokens), so each group's prompt is read once and each row's own positions row
   by row;
 - `vlmkit_sdpa` and `shared_prefix_attention` replayed as CUDA graphs (`torch.compile(mode='reduce-overhead')`, CUDA

@@ -24,8 +24,9 @@ engine's KV caches side by side, a training step's time split, and the plain tra
    static cache; the gap between them is the host's work between steps.
 
 `--share-prompt-reads`: every part decodes within `vlmkit.generation.share_prompt_reads()` (rows of one prompt read its
-keys and values once a group); `--share-prompt-reads both` runs the reference part's vlmkit rows without and with it,
-side by side in one run (the other parts with it).
+keys and values once a group; by default vlmkit reads them so where its Triton decode kernel runs, a GPU with Triton);
+`--share-prompt-reads off` reads each row's own copy; `--share-prompt-reads both` runs the reference part's vlmkit rows
+without and with it, side by side in one run (the other parts with it).
 `--max-autotune`: compiled steps autotune their matrix products (at batch 32 the weights' GEMMs are about 1.9 ms of a
 5.3 ms step on an H100, where reading the weights takes 1.1 ms); the same parts with and without it, on one machine.
 
@@ -98,11 +99,11 @@ def vlmkit_generate(model, rows, n, cache, do_sample=True):
     return generate(model, list(rows), max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache, **sampling)
 
 def read_modes(args) -> list[bool]:
-    "The reference part's ways of reading a group's prompt: `share_prompt_reads` off, on, or both side by side (`--share-prompt-reads`)."
-    return {'off': [False], 'on': [True], 'both': [False, True]}[args.share_prompt_reads]
+    "The reference part's ways of reading a group's prompt (`--share-prompt-reads`): vlmkit's default, off, on, or off and on side by side."
+    return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[args.share_prompt_reads]
 
 def part_reference(args, device):
-    from vlmkit.generation import share_prompt_reads
+    from vlmkit.generation import reads_prompts_once, share_prompt_reads
     model = reference_llm(args.tiny, device)
     prompts, rows = reference_batch(model, args, device)
     n, out = args.new_tokens, []
@@ -118,7 +119,7 @@ def part_reference(args, device):
         variants = [(cache, shared) for cache in args.caches for shared in read_modes(args)]
         for cache, shared in variants:
             with share_prompt_reads(shared):
-                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if shared else ''),
+                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model) else ''),
                     len(rows), lambda: vlmkit_generate(model, rows, n, cache))
         for dtype in greedy_dtypes(args):          # greedy rows against transformers' greedy generate of the same batch
             model.to(dtype)
@@ -318,9 +319,10 @@ def main():
     ap.add_argument('--no-whole-prefill', dest='whole_prefill', action='store_false',
                     help="leave out the rollout row of the last cache that prefills whole trajectories after a call (rollout(reuse_cache=False))")
     ap.add_argument('--train-tokens', type=int, help="the step part's GRPOConfig.train_tokens: rollouts trained in packed rows of at most this many tokens (default: one row)")
-    ap.add_argument('--share-prompt-reads', nargs='?', const='on', default='off', choices=['off', 'on', 'both'],
-                    help="decode within vlmkit.generation.share_prompt_reads(): a group's prompt keys and values read once for its rows; "
-                         "'both': the reference part's vlmkit rows run without and with it, side by side, the other parts with it")
+    ap.add_argument('--share-prompt-reads', nargs='?', const='on', default='auto', choices=['auto', 'off', 'on', 'both'],
+                    help="a group's prompt keys and values read once for its rows (vlmkit.generation.share_prompt_reads): 'auto' (default) "
+                         "as vlmkit decides (on where its Triton decode kernel runs), 'on' (the flag alone), 'off', or 'both': the reference "
+                         "part's vlmkit rows without and with it, side by side, the other parts with it")
     ap.add_argument('--max-autotune', action='store_true',
                     help="compiled steps autotune their matrix products (torch._inductor.config.max_autotune_gemm: Triton templates "
                          "tried against cuBLAS at the decode's skinny shapes; compiling takes longer)")
@@ -335,7 +337,7 @@ def main():
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
     from vlmkit.generation import CACHES, share_prompt_reads
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
-    with share_prompt_reads(args.share_prompt_reads != 'off'): run(args, parts, families)
+    with share_prompt_reads({'auto': None, 'off': False}.get(args.share_prompt_reads, True)): run(args, parts, families)
 
 def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
@@ -347,7 +349,8 @@ def run(args, parts, families):
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     import transformers
     print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}"
-          + {'off': '', 'on': '; within share_prompt_reads()', 'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
+          + {'auto': '', 'off': '; each row reads its own prompt copy', 'on': '; within share_prompt_reads()',
+             'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
           + ("; GEMMs autotuned" if args.max_autotune else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
     save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))

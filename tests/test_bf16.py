@@ -267,9 +267,10 @@ def test_trainers_in_bf16(family, tmp_path):
 
 @pytest.mark.parametrize('mode', ['bf16', 'bf16-default'])
 def test_shared_prompt_read_in_bf16(mode):
-    """A decode step's attention with each group's prompt read once, in chunks (`vlmkit.attention.shared_prefix_attention`,
-    what compiled GPU steps run within `share_prompt_reads()`): bf16 inputs, also under a bf16 default, within bf16's
-    rounding of float32 SDPA over every row's whole cache; a left-padded prompt and unfilled slots masked."""
+    """A decode step's attention with each group's prompt read once, in chunks (`vlmkit.attention.shared_prefix_attention` on
+    PyTorch's fused kernels, what a CPU or a GPU without Triton runs; its Triton kernel's bf16 is checked on a GPU, in
+    04_attention's GPU cell): bf16 inputs, also under a bf16 default, within bf16's rounding of float32 SDPA over every
+    row's whole cache; a left-padded prompt and unfilled slots masked."""
     import torch.nn.functional as F
     from vlmkit.attention import prompt_chunks, shared_prefix_attention
     g = torch.Generator().manual_seed(0)

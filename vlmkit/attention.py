@@ -14,8 +14,8 @@ import torch.nn.functional as F
 __all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
            'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
            'varlen_attention_forward', 'register_varlen_attention', 'attention_bias', 'attend_with_lse',
-           'merge_attention_chunks', 'merge_attention', 'decode_kernel_runs', 'decode_chunks', 'shared_decode_partials',
-           'shares_prefix', 'prompt_chunks', 'attend_prompt_once', 'shared_prefix_attention',
+           'merge_attention_chunks', 'merge_attention', 'decode_kernel_on', 'decode_kernel_runs', 'decode_chunks',
+           'shared_decode_partials', 'shares_prefix', 'prompt_chunks', 'attend_prompt_once', 'shared_prefix_attention',
            'gqa_sdpa_attention_forward', 'register_decode_attention', 'attention_kernels', 'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
@@ -285,10 +285,14 @@ try:
 except ImportError: triton = None
 from torch.library import wrap_triton
 
+def decode_kernel_on(device) -> bool:
+    "Does the Triton decode kernel run on `device`: a CUDA device, with Triton installed."
+    return triton is not None and torch.device(device).type == 'cuda'
+
 def decode_kernel_runs(query:torch.Tensor, key:torch.Tensor) -> bool:
     "Does `shared_prefix_attention` run on the Triton decode kernel here: a CUDA tensor, Triton installed, a head size that is a power of two up to 256, contiguous head rows."
     d = query.shape[-1]
-    return triton is not None and query.is_cuda and d >= 16 and d & (d - 1) == 0 and d <= 256 and key.stride(-1) == 1
+    return decode_kernel_on(query.device) and 16 <= d <= 256 and d & (d - 1) == 0 and key.stride(-1) == 1
 
 def decode_chunks(length:int, blocks:int, shortest:int=64, programs:int=512) -> int:
     "In how many chunks `blocks` sets of queries read `length` slots: about `programs` programs in all, of at least `shortest` slots each (at least one chunk)."

@@ -13,17 +13,17 @@ import torch
 from transformers import Cache, DynamicCache, StaticCache
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
-from .attention import DECODE_IMPL, VARLEN_IMPL, register_decode_attention
+from .attention import DECODE_IMPL, VARLEN_IMPL, decode_kernel_on, register_decode_attention
 
 # %% auto #0
 __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'SHARED_SLOTS_MULTIPLE', 'KIND_COLORS',
            'RowSchedule', 'per_row', 'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad',
            'split_inputs', 'batch_inputs', 'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model',
            'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
-           'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'share_prompt_reads', 'shared_prefix_kwargs',
-           'DecodeState', 'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation',
-           'collect', 'generation_default', 'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline',
-           'IncrementalDecoder', 'stream_text', 'stream_generate', 'split_thinking']
+           'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'share_prompt_reads', 'reads_prompts_once',
+           'shared_prefix_kwargs', 'DecodeState', 'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy',
+           'decode_steps', 'Generation', 'collect', 'generation_default', 'repeated_prompts', 'BatchDecoder',
+           'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -267,23 +267,28 @@ def prefix_group(prefix_of:list) -> int:
     return 1
 
 SHARED_SLOTS_MULTIPLE = 256   # compiled steps read a shared prefix of a multiple of this many slots: few lengths, few graphs
-_share_prompt_reads = False
+_share_prompt_reads = None   # None: where the Triton decode kernel runs
 
 @contextmanager
-def share_prompt_reads(on:bool=True):
-    """Within the block (on), decode steps of rows that share a prompt read its keys and values once a group
-    (`shared_prefix_attention`: PyTorch's fused kernels that return the log-sum-exp, eagerly and in compiled steps).
-    Off by default: it saves about 0.4 ms of attention kernels in a 5.3 ms compiled step on an H100, and the step's
-    whole time with it is not measured yet (see `bench/RESULTS.md`)."""
+def share_prompt_reads(on:bool|None=True):
+    """Within the block, decode steps of rows that share a prompt read its keys and values once a group (on), each row
+    its own copy (off), or the default (None): once a group where `shared_prefix_attention` runs on its Triton kernel (a
+    GPU with Triton), which made 4 x G=8 compiled decoding 1.31x faster on an H100 (`bench/RESULTS.md`); elsewhere each row
+    reads its own copy, as PyTorch's fused kernels read a shared prompt little faster."""
     global _share_prompt_reads
     before, _share_prompt_reads = _share_prompt_reads, on
     try: yield
     finally: _share_prompt_reads = before
 
+def reads_prompts_once(module) -> bool:
+    "Do decode steps of `module` read a prompt its rows share once a group: as `share_prompt_reads` says, by default where the Triton decode kernel runs."
+    return decode_kernel_on(_device(module)) if _share_prompt_reads is None else _share_prompt_reads
+
 def shared_prefix_kwargs(module, prefix_of:list, slots:int, compiled:bool) -> dict:
     """The forward kwargs by which a decode step's attention reads each group's shared first `slots` cache slots once
-    (`shared_prefix`, see `vlmkit.attention`), or {} outside `share_prompt_reads`, where rows do not share or the decoder's attention cannot."""
-    if not _share_prompt_reads: return {}
+    (`shared_prefix`, see `vlmkit.attention`), or {} where `module`'s steps read each row's own copy (`reads_prompts_once`),
+    where rows do not share or the decoder's attention cannot."""
+    if not reads_prompts_once(module): return {}
     if module.config.get_text_config(decoder=True)._attn_implementation not in (DECODE_IMPL, VARLEN_IMPL): return {}
     group = prefix_group(prefix_of)
     if compiled: slots = slots // SHARED_SLOTS_MULTIPLE * SHARED_SLOTS_MULTIPLE
@@ -382,7 +387,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     if len(prompt_of) != len(schedules): raise ValueError(f"{len(schedules)} schedules for {len(prompt_of)} rows")
     n_rows, rows = len(prompt_of), list(rows)
     if past is not None and past.rows_of is not None: past_of = [past.rows_of[p] for p in past_of]   # the caller's rows of it: its cache rows
-    order = kept_groups(past, past_of) if past is not None and cache != 'dynamic' and _share_prompt_reads else None
+    order = kept_groups(past, past_of) if past is not None and cache != 'dynamic' and reads_prompts_once(model) else None
     if order is not None:    # every row of `past` in its place; those that do not go on are finished before they start
         at = {j: i for i, j in enumerate(past_of)}
         keep_place = lambda v, filler: [v[at[j]] if j in at else filler(v[0]) for j in range(len(past.prefix_of))]
