@@ -21,10 +21,20 @@ Ways, all the same function (checked against the first):
 
 Reported: microseconds a call (best of `--repeats` timed loops) and the whole cache's bytes (keys and values) over that time.
 
+`--kernel-sweep`: instead, the Triton kernel behind `shared_prefix_attention` (`vlmkit.attention.shared_decode_partials`,
+then `merge_attention_chunks`) at each of its tunings (`block_n` slots a loop step, `warps` a program, about `programs`
+programs a launch, `skip_masked`: keys and values loaded only at allowed slots), on the same inputs: microseconds a call
+replayed in a CUDA graph of `--graph-calls` (28, a model's layers) calls, the bytes it must read (each group's prompt
+once, each row's own slots) over that time, and the largest difference to the fused-kernel path. With `--tiny` on a
+CPU it runs under Triton's interpreter (`TRITON_INTERPRET=1`, set before Triton is imported): the same calls checked,
+the times meaningless.
+
     python bench/decode_attention_gpu.py                         # GPU: 1,280, 4,096 and 8,192 positions
     python bench/decode_attention_gpu.py --tiny                  # CPU, seconds: the same calls, tiny shapes, eager only
+    python bench/decode_attention_gpu.py --kernel-sweep --positions 1280 4096
 """
-import argparse, time
+import argparse, itertools, os, sys, time
+if '--tiny' in sys.argv and '--kernel-sweep' in sys.argv: os.environ.setdefault('TRITON_INTERPRET', '1')   # before Triton is imported
 import torch
 import torch.nn.functional as F
 from vlmkit.attention import shared_prefix_attention
@@ -70,6 +80,34 @@ def ways(q, k, v, lengths, compile:bool, group:int, slots:int) -> dict:
         out['FlexAttention, compiled'] = lambda: flex(q, k, v, block_mask=blocks, enable_gqa=True)
     return out
 
+SWEEP = dict(block_n=(32, 64, 128), warps=(2, 4, 8), programs=(256, 512, 1024), skip_masked=(False, True))
+TINY_SWEEP = dict(block_n=(16,), warps=(4,), programs=(8, 512), skip_masked=(False, True))
+
+def kernel_sweep(q, k, v, lengths, group:int, slots:int, tiny:bool, graph_calls:int, repeats:int) -> list[tuple]:
+    "(tuning, us a call, max difference to the fused-kernel path) of `shared_decode_partials` + merge at every tuning of the sweep."
+    import vlmkit.attention as A
+    B, H, _, D = q.shape
+    mask = torch.arange(k.shape[2], device=q.device)[None] < lengths[:, None]
+    with_fused = A.decode_kernel_runs
+    A.decode_kernel_runs = lambda *a: False                 # the reference: PyTorch's fused kernels (or the CPU's)
+    try: want = A.shared_prefix_attention(q, k, v, mask[:, None, None], group, slots)[:, 0].float()
+    finally: A.decode_kernel_runs = with_fused
+    grid = TINY_SWEEP if tiny else SWEEP
+    rows = []
+    for values in itertools.product(*grid.values()):
+        tuning = dict(zip(grid, values))
+        call = lambda: A.merge_attention_chunks(*A.shared_decode_partials(q[:, :, 0], k, v, mask, group, slots, **tuning), 2)[0]
+        try:
+            diff = (call().float() - want).abs().max().item()
+            if q.is_cuda:                                   # as in a compiled step: a CUDA graph of a model's calls, no launches from the host
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph): [call() for _ in range(graph_calls)]
+                us = us_per_call(graph.replay, 10, repeats) / graph_calls
+            else: us = us_per_call(call, 1, 1)
+            rows.append((tuning, us, diff))
+        except Exception as e: rows.append((tuning, float('nan'), f"{type(e).__name__}: {str(e)[:80]}"))
+    return rows
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--tiny', action='store_true', help='CPU, tiny shapes, eager only (smoke test of the same calls)')
@@ -77,6 +115,8 @@ def main():
     ap.add_argument('--positions', type=int, nargs='+', help='cache positions (default 1280 4096 8192; --tiny: 64)')
     ap.add_argument('--repeats', type=int, default=3, help='timed loops, the best counts')
     ap.add_argument('--group', type=int, help='rows that share a prompt (default 8; --tiny: 2)')
+    ap.add_argument('--kernel-sweep', action='store_true', help="time the Triton decode kernel's tunings instead of the ways of attending")
+    ap.add_argument('--graph-calls', type=int, default=28, help='--kernel-sweep: calls a CUDA graph replays (a model\'s layers)')
     args = ap.parse_args()
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     rows, positions = args.rows or (4 if args.tiny else 32), args.positions or ([64] if args.tiny else [1280, 4096, 8192])
@@ -85,8 +125,9 @@ def main():
     dtype = torch.bfloat16
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     print(f"{card}; torch {torch.__version__}; {rows} rows, {kv} KV heads x {groups} query heads, head dim {D}, bf16", flush=True)
-    print(f"\n| decode attention, one layer ({card}) | positions | us a call | whole cache, GB/s | max difference to the first |")
-    print("|---|---:|---:|---:|---:|")
+    if args.kernel_sweep: print(f"\n| Triton decode kernel ({card}) | positions | block_n | warps | programs | skip_masked | us a call | bytes read, GB/s | max difference to the fused kernels |\n"
+                                "|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    else: print(f"\n| decode attention, one layer ({card}) | positions | us a call | whole cache, GB/s | max difference to the first |\n|---|---:|---:|---:|---:|")
     g = torch.Generator(device='cpu').manual_seed(0)
     for S in positions:
         q = torch.randn(rows, kv * groups, 1, D, generator=g).to(device, dtype)
@@ -94,6 +135,13 @@ def main():
         slots = S - new
         for t in (k, v): t[:, :, :slots] = t[::group, :, :slots].repeat_interleave(group, 0)    # each group's rows hold one prompt
         lengths = torch.randint(max(S // 2, slots + 1), S + 1, (rows,), generator=g).to(device)
+        if args.kernel_sweep:
+            read = (rows // group * slots + rows * (S - slots)) * kv * D * 2 * k.element_size()   # keys and values: prompts once, own slots per row
+            for tuning, us, diff in sorted(kernel_sweep(q, k, v, lengths, group, slots, args.tiny, args.graph_calls, args.repeats), key=lambda r: (r[1] != r[1], r[1])):
+                cells = ' | '.join(str(tuning[c]) for c in ('block_n', 'warps', 'programs', 'skip_masked'))
+                print(f"| shared_decode_partials + merge | {S} | {cells} | {us:.1f} | {read / us / 1e3:.0f} | "
+                      + (f"{diff:.1e} |" if isinstance(diff, float) else f"failed: {diff} |"), flush=True)
+            continue
         first = None
         for name, fn in ways(q, k, v, lengths, not args.tiny, group, slots).items():
             try:

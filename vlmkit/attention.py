@@ -302,8 +302,10 @@ if triton is not None:
     @triton.jit
     def _decode_attention_kernel(Q, K, V, Mask, Out, Lse, sq_b, sq_h, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sm_b, sm_s, so_b, so_h, so_c,
                          sl_b, sl_h, scale, start, length, chunk, first_chunk, rows, per,
-                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-        "One program: the queries of `rows` consecutive rows x `per` query heads of one key/value head, on one chunk of the slots of the first of those rows."
+                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                         SKIP_MASKED: tl.constexpr):
+        """One program: the queries of `rows` consecutive rows x `per` query heads of one key/value head, on one chunk of the
+        slots of the first of those rows; `SKIP_MASKED`: keys and values are loaded only at allowed slots."""
         block, kvh, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         m = tl.arange(0, BLOCK_M)
         valid = m < rows * per
@@ -319,8 +321,9 @@ if triton is not None:
             n = n0 + tl.arange(0, BLOCK_N)
             inside = n < hi
             allowed = (tl.load(Mask + first * sm_b + n * sm_s, mask=inside, other=0) != 0) & inside
-            k = tl.load(K + first * sk_b + kvh * sk_h + n[:, None] * sk_s + d[None, :], mask=inside[:, None], other=0.0)
-            v = tl.load(V + first * sv_b + kvh * sv_h + n[:, None] * sv_s + d[None, :], mask=inside[:, None], other=0.0)
+            read = allowed if SKIP_MASKED else inside
+            k = tl.load(K + first * sk_b + kvh * sk_h + n[:, None] * sk_s + d[None, :], mask=read[:, None], other=0.0)
+            v = tl.load(V + first * sv_b + kvh * sv_h + n[:, None] * sv_s + d[None, :], mask=read[:, None], other=0.0)
             if UPCAST: k, v = k.to(tl.float32), v.to(tl.float32)
             s = tl.where(allowed[None, :], (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32), float('-inf'))
             new_top = tl.maximum(top, tl.max(s, 1))
@@ -337,7 +340,8 @@ if triton is not None:
         tl.store(Lse + row * sl_b + head * sl_h + first_chunk + c, lse, mask=valid)
 
 
-def _launch_partials(q, key, value, mask, out, lse, rows:int, start:int, length:int, chunks:int, first_chunk:int, scale:float):
+def _launch_partials(q, key, value, mask, out, lse, rows:int, start:int, length:int, chunks:int, first_chunk:int, scale:float,
+                     block_n:int, warps:int, skip_masked:bool):
     "`_decode_attention_kernel` on `chunks` chunks of the slots `start` to `start + length`, for sets of `rows` rows; writes chunks `first_chunk` on of `out`, `lse`."
     B, H, D = q.shape
     kv = key.shape[1]
@@ -346,30 +350,35 @@ def _launch_partials(q, key, value, mask, out, lse, rows:int, start:int, length:
         q, key, value, mask, out, lse, q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), mask.stride(0), mask.stride(1), out.stride(0), out.stride(1),
         out.stride(2), lse.stride(0), lse.stride(1), scale, start, length, -(-length // chunks), first_chunk, rows, per,
-        D=D, BLOCK_M=max(16, 1 << (rows * per - 1).bit_length()), BLOCK_N=64, UPCAST=not q.is_cuda,
-        PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')   # float32 products in float32, not TF32
+        D=D, BLOCK_M=max(16, 1 << (rows * per - 1).bit_length()), BLOCK_N=block_n, UPCAST=not q.is_cuda,
+        PRECISION='ieee' if q.dtype == torch.float32 else 'tf32', SKIP_MASKED=skip_masked, num_warps=warps)   # float32 products in float32, not TF32
 
 @torch.library.triton_op('vlmkit::shared_decode_partials', mutates_args=())
 def _shared_decode_op(q:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
-                      scale:float) -> tuple[torch.Tensor, torch.Tensor]:
+                      scale:float, block_n:int, warps:int, programs:int, skip_masked:bool) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, D = q.shape
     kv, S = key.shape[1], key.shape[2]
-    prompt, own = decode_chunks(slots, B // group * kv), decode_chunks(S - slots, B * kv)
+    prompt, own = decode_chunks(slots, B // group * kv, block_n, programs), decode_chunks(S - slots, B * kv, block_n, programs)
+    tuning = dict(block_n=block_n, warps=warps, skip_masked=skip_masked)
     out = q.new_empty(B, H, prompt + own, D, dtype=torch.float32)
     lse = q.new_empty(B, H, prompt + own, dtype=torch.float32)
-    _launch_partials(q, key, value, mask, out, lse, group, 0, slots, prompt, 0, scale)
-    _launch_partials(q, key, value, mask, out, lse, 1, slots, S - slots, own, prompt, scale)
+    _launch_partials(q, key, value, mask, out, lse, group, 0, slots, prompt, 0, scale, **tuning)
+    _launch_partials(q, key, value, mask, out, lse, 1, slots, S - slots, own, prompt, scale, **tuning)
     return out, lse
 
 def shared_decode_partials(q:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
-                           scale:float|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+                           scale:float|None=None, *, block_n:int=64, warps:int=4, programs:int=512,
+                           skip_masked:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
     """A one-token decode step's attention in parts, on Triton (an operator `torch.compile` traces): query `q` `[B, H, D]`,
     cache `key`/`value` `[B, H_kv, S, D]`, `mask` `[B, S]` (bool), rows in groups of `group` sharing their first `slots` slots.
     Returns each part's output `[B, H, C, D]` and log-sum-exp `[B, H, C]` (float32), for `merge_attention_chunks` at dim 2:
-    C chunks, first those of the group's prompt (read once a group), then each row's own."""
+    C chunks, first those of the group's prompt (read once a group), then each row's own. The tuning: `block_n` slots a
+    loop step, `warps` a program, about `programs` programs a launch (`decode_chunks`), `skip_masked` to load keys and
+    values only at allowed slots (`bench/decode_attention_gpu.py --kernel-sweep` times them; the defaults are the
+    settings measured in a compiled step)."""
     if triton is None: raise RuntimeError('shared_decode_partials runs on Triton, which is not installed (pip install triton)')
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return torch.ops.vlmkit.shared_decode_partials(q, key, value, mask.to(torch.uint8), group, slots, scale)
+    return torch.ops.vlmkit.shared_decode_partials(q, key, value, mask.to(torch.uint8), group, slots, scale, block_n, warps, programs, skip_masked)
 
 
 # %% ../nbs/04_attention.ipynb #7037d2a6
