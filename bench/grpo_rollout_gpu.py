@@ -119,7 +119,7 @@ def part_reference(args, device):
         variants = [(cache, shared) for cache in args.caches for shared in read_modes(args)]
         for cache, shared in variants:
             with share_prompt_reads(shared):
-                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model) else ''),
+                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model, cache == 'compiled') else ''),
                     len(rows), lambda: vlmkit_generate(model, rows, n, cache))
         for dtype in greedy_dtypes(args):          # greedy rows against transformers' greedy generate of the same batch
             model.to(dtype)

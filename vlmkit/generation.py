@@ -272,23 +272,25 @@ _share_prompt_reads = None   # None: where the Triton decode kernel runs
 @contextmanager
 def share_prompt_reads(on:bool|None=True):
     """Within the block, decode steps of rows that share a prompt read its keys and values once a group (on), each row
-    its own copy (off), or the default (None): once a group where `shared_prefix_attention` runs on its Triton kernel (a
-    GPU with Triton), which made 4 x G=8 compiled decoding 1.31x faster on an H100 (`bench/RESULTS.md`); elsewhere each row
-    reads its own copy, as PyTorch's fused kernels read a shared prompt little faster."""
+    its own copy (off), or the default (None): once a group in compiled steps where `shared_prefix_attention` runs on its
+    Triton kernel (a GPU with Triton), which made 4 x G=8 compiled decoding 1.31x faster on an H100 (`bench/RESULTS.md`);
+    elsewhere each row reads its own copy (PyTorch's fused kernels read a shared prompt little faster; uncompiled steps
+    with it are not measured)."""
     global _share_prompt_reads
     before, _share_prompt_reads = _share_prompt_reads, on
     try: yield
     finally: _share_prompt_reads = before
 
-def reads_prompts_once(module) -> bool:
-    "Do decode steps of `module` read a prompt its rows share once a group: as `share_prompt_reads` says, by default where the Triton decode kernel runs."
-    return decode_kernel_on(_device(module)) if _share_prompt_reads is None else _share_prompt_reads
+def reads_prompts_once(module, compiled:bool=True) -> bool:
+    """Do decode steps of `module` (`compiled`: through `compiled_step`) read a prompt its rows share once a group: as
+    `share_prompt_reads` says, by default in compiled steps where the Triton decode kernel runs (where it was measured)."""
+    return compiled and decode_kernel_on(_device(module)) if _share_prompt_reads is None else _share_prompt_reads
 
 def shared_prefix_kwargs(module, prefix_of:list, slots:int, compiled:bool) -> dict:
     """The forward kwargs by which a decode step's attention reads each group's shared first `slots` cache slots once
     (`shared_prefix`, see `vlmkit.attention`), or {} where `module`'s steps read each row's own copy (`reads_prompts_once`),
     where rows do not share or the decoder's attention cannot."""
-    if not reads_prompts_once(module): return {}
+    if not reads_prompts_once(module, compiled): return {}
     if module.config.get_text_config(decoder=True)._attn_implementation not in (DECODE_IMPL, VARLEN_IMPL): return {}
     group = prefix_group(prefix_of)
     if compiled: slots = slots // SHARED_SLOTS_MULTIPLE * SHARED_SLOTS_MULTIPLE
@@ -387,7 +389,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     if len(prompt_of) != len(schedules): raise ValueError(f"{len(schedules)} schedules for {len(prompt_of)} rows")
     n_rows, rows = len(prompt_of), list(rows)
     if past is not None and past.rows_of is not None: past_of = [past.rows_of[p] for p in past_of]   # the caller's rows of it: its cache rows
-    order = kept_groups(past, past_of) if past is not None and cache != 'dynamic' and reads_prompts_once(model) else None
+    order = kept_groups(past, past_of) if past is not None and cache != 'dynamic' and reads_prompts_once(model, cache == 'compiled') else None
     if order is not None:    # every row of `past` in its place; those that do not go on are finished before they start
         at = {j: i for i, j in enumerate(past_of)}
         keep_place = lambda v, filler: [v[at[j]] if j in at else filler(v[0]) for j in range(len(past.prefix_of))]
