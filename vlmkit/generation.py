@@ -267,7 +267,7 @@ def prefix_group(prefix_of:list) -> int:
     return 1
 
 SHARED_SLOTS_MULTIPLE = 256   # compiled steps read a shared prefix of a multiple of this many slots: few lengths, few graphs
-_share_prompt_reads = None   # None: where the Triton decode kernel runs
+_share_prompt_reads = None   # None: `reads_prompts_once` decides (compiled steps where the Triton decode kernel runs)
 
 @contextmanager
 def share_prompt_reads(on:bool|None=True):
