@@ -29,6 +29,10 @@ keys and values once a group; by default vlmkit reads them so where its Triton d
 without and with it, side by side in one run (the other parts with it).
 `--max-autotune`: compiled steps autotune their matrix products (at batch 32 the weights' GEMMs are about 1.9 ms of a
 5.3 ms step on an H100, where reading the weights takes 1.1 ms); the same parts with and without it, on one machine.
+`--freezing`: an exploration, not vlmkit's way: Inductor treats the weights as constants (`torch._inductor.config.freezing`)
+and fuses the projections that read one input (query/key/value, gate/up) into one GEMM each. Right only for weights that
+never change after compiling (the reference LLM; not a policy in training), and it keeps a fused copy of them; it
+measures what fewer, larger GEMMs would give a step.
 
 Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in rollout new tokens/s.
 
@@ -323,6 +327,9 @@ def main():
                     help="a group's prompt keys and values read once for its rows (vlmkit.generation.share_prompt_reads): 'auto' (default) "
                          "as vlmkit decides (on where its Triton decode kernel runs), 'on' (the flag alone), 'off', or 'both': the reference "
                          "part's vlmkit rows without and with it, side by side, the other parts with it")
+    ap.add_argument('--freezing', action='store_true',
+                    help="exploration: compiled steps freeze the weights as constants, their projections that read one input fused "
+                         "into one GEMM each (torch._inductor.config.freezing; only for weights that never change after compiling)")
     ap.add_argument('--max-autotune', action='store_true',
                     help="compiled steps autotune their matrix products (torch._inductor.config.max_autotune_gemm: Triton templates "
                          "tried against cuBLAS at the decode's skinny shapes; compiling takes longer)")
@@ -343,6 +350,9 @@ def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     dtype = torch.float32 if args.tiny else torch.bfloat16
     torch.set_default_dtype(dtype)
+    if args.freezing:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
     if args.max_autotune:
         import torch._inductor.config as inductor_config
         inductor_config.max_autotune_gemm = True
@@ -351,7 +361,7 @@ def run(args, parts, families):
     print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}"
           + {'auto': '', 'off': '; each row reads its own prompt copy', 'on': '; within share_prompt_reads()',
              'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
-          + ("; GEMMs autotuned" if args.max_autotune else ""), flush=True)
+          + ("; GEMMs autotuned" if args.max_autotune else "") + ("; weights frozen, projections fused" if args.freezing else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
     save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))
     if 'reference' in parts:
