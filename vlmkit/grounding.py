@@ -16,7 +16,7 @@ from .generation import split_thinking
 from .images import ImageLoadError
 from .refcoco import SPLITS, Ref
 from .rollout import rollout
-from .tools import Tools
+from .tools import Tools, default_tools
 
 # %% auto #0
 __all__ = ['grounding_conversation', 'first_box', 'grounding_record', 'score_answer', 'evaluate_grounding', 'read_results',
@@ -87,36 +87,28 @@ def _evaluate_batch(model, processor, fam, refs:list, max_new_tokens:int, render
         if err: recs[ref.id] = grounding_record(ref, fam.name, error=err)
         else: ready.append((ref, r))
     tok, stops = getattr(processor, 'tokenizer', processor), set(fam.stop_ids(processor))
-    for group in _generated(model, processor, fam, ready, max_new_tokens, generate_kwargs):
-        for (ref, r), ids in group:
-            if isinstance(ids, str): recs[ref.id] = grounding_record(ref, fam.name, error=ids); continue
-            resized = r.resized_sizes[0] if r.resized_sizes else None
-            recs[ref.id] = score_answer(ref, _decode(tok, ids, stops), fam.syntax, r.image_sizes[0], resized)
+    generate = lambda items: fam.generate(model, processor, [r for _, r in items], max_new_tokens=max_new_tokens, **generate_kwargs)
+    for (ref, r), ids in _batch_or_each(generate, ready, lambda e: f"generate: {type(e).__name__}: {str(e)[:300]}"):
+        if isinstance(ids, str): recs[ref.id] = grounding_record(ref, fam.name, error=ids); continue
+        resized = r.resized_sizes[0] if r.resized_sizes else None
+        recs[ref.id] = score_answer(ref, _decode(tok, ids, stops), fam.syntax, r.image_sizes[0], resized)
     return [recs[ref.id] for ref in refs]
 
-def _generated(model, processor, fam, ready:list, max_new_tokens:int, generate_kwargs:dict):
-    "`[((ref, rendered), ids)]` of the batch; if the batch fails (out of memory, a prompt over the context), each ref alone, a failing one with its error text instead of ids."
-    if not ready: return
-    try:
-        yield list(zip(ready, fam.generate(model, processor, [r for _, r in ready], max_new_tokens=max_new_tokens, **generate_kwargs)))
-        return
+def _batch_or_each(run, items:list, error) -> list:
+    """`[(item, result)]` of `run(items)`, one result an item; if the batch fails (out of memory, a prompt over the context),
+    each item alone, a failing one with `error(exception)`, its error text, instead of a result."""
+    if not items: return []
+    try: return list(zip(items, run(items)))
     except Exception as e:
-        if len(ready) == 1: yield [(ready[0], f"generate: {type(e).__name__}: {str(e)[:300]}")]; return
-    for item in ready: yield from _generated(model, processor, fam, [item], max_new_tokens, generate_kwargs)
-
-def _rolled_out(model, processor, fam, refs:list, max_new_tokens:int, tools:Tools, max_tool_calls:int, generate_kwargs:dict) -> list:
-    "`[(ref, Rollout or error text)]`: greedy rollouts of the refs' questions, each call run by `tools`; if the batch fails, each ref alone."
-    try:
-        convs = [grounding_conversation(ref, fam) for ref in refs]
-        return list(zip(refs, rollout(model, processor, convs, group_size=1, family=fam, max_new_tokens=max_new_tokens,
-                                      max_tool_calls=max_tool_calls, tools=tools, do_sample=False, **generate_kwargs)))
-    except Exception as e:
-        if len(refs) == 1: return [(refs[0], f"image: {e}" if _about_image(e) else f"rollout: {type(e).__name__}: {str(e)[:300]}")]
-    return [pair for ref in refs for pair in _rolled_out(model, processor, fam, [ref], max_new_tokens, tools, max_tool_calls, generate_kwargs)]
+        if len(items) == 1: return [(items[0], error(e))]
+    return [pair for item in items for pair in _batch_or_each(run, [item], error)]
 
 def _evaluate_with_tools(model, processor, fam, refs:list, max_new_tokens:int, tools:Tools, max_tool_calls:int, generate_kwargs:dict) -> list[dict]:
+    "The records of greedy rollouts of the refs' questions, each call run by `tools`."
+    roll = lambda refs: rollout(model, processor, [grounding_conversation(ref, fam) for ref in refs], group_size=1, family=fam,
+                                max_new_tokens=max_new_tokens, max_tool_calls=max_tool_calls, tools=tools, do_sample=False, **generate_kwargs)
     recs = []
-    for ref, ro in _rolled_out(model, processor, fam, refs, max_new_tokens, tools, max_tool_calls, generate_kwargs):
+    for ref, ro in _batch_or_each(roll, refs, lambda e: f"image: {e}" if _about_image(e) else f"rollout: {type(e).__name__}: {str(e)[:300]}"):
         if isinstance(ro, str): recs.append(grounding_record(ref, fam.name, error=ro)); continue
         r = ro.rendered
         rec = score_answer(ref, ro.conversation.turns[-1].text, fam.syntax, r.image_sizes[0], r.resized_sizes[0] if r.resized_sizes else None)
@@ -251,7 +243,6 @@ def eval_refcoco(model:str, data, out, splits=None, images=None, batch_size:int=
     """Evaluate checkpoint (or 'tiny:FAMILY') `model` on `splits` of the data root `data`; writes `out`/results.jsonl, table.md,
     failures.jsonl (resuming) and returns the table's rows. `crop_tool`: the space of the crop tool's boxes (`pixel`, R-GRPO's
     rollouts' default, or a space or family name, see `vlmkit.tools.crop_space`), run at each call the model makes."""
-    from vlmkit.tools import default_tools
     tools = None if crop_tool is None else default_tools(crop_tool)
     data, out = Path(data), Path(out)
     image_root = Path(images) if images is not None else data/'images' if (data/'images').is_dir() else None
