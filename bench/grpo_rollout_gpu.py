@@ -102,7 +102,7 @@ def vlmkit_generate(model, rows, n, cache, do_sample=True):
     sampling = dict(do_sample=True, temperature=1.0, top_k=None) if do_sample else {}
     return generate(model, list(rows), max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache, **sampling)
 
-def read_modes(args) -> list[bool]:
+def read_modes(args) -> list[bool|None]:
     "The reference part's ways of reading a group's prompt (`--share-prompt-reads`): vlmkit's default, off, on, or off and on side by side."
     return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[args.share_prompt_reads]
 
@@ -344,7 +344,7 @@ def main():
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
     from vlmkit.generation import CACHES, share_prompt_reads
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
-    with share_prompt_reads({'auto': None, 'off': False}.get(args.share_prompt_reads, True)): run(args, parts, families)
+    with share_prompt_reads(read_modes(args)[-1]): run(args, parts, families)   # 'both': the parts after the reference with it
 
 def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
