@@ -22,18 +22,21 @@ Ways, all the same function (checked against the first):
 Reported: microseconds a call (best of `--repeats` timed loops) and the whole cache's bytes (keys and values) over that time.
 
 `--kernel-sweep`: instead, the Triton kernel behind `shared_prefix_attention` (`vlmkit.attention.shared_decode_partials`,
-then `merge_attention_chunks`) at each of its tunings (`block_n` slots a loop step, `warps` a program, about `programs`
-programs a launch, `skip_masked`: keys and values loaded only at allowed slots), on the same inputs: microseconds a call
+then `merge_attention_chunks`) at each of its tunings (`vlmkit.attention.DECODE_TUNING`'s keys: `block_n` slots a loop
+step, `warps` a program, about `programs` programs a launch, `stages` of Triton's pipeline, `skip_masked`: keys and values
+loaded only at allowed slots, `skip_unfilled`: each row's own chunks read up to their last allowed slot), on the same inputs: microseconds a call
 replayed in a CUDA graph of `--graph-calls` (28, a model's layers) calls, the bytes it must read (each group's prompt
 once, each row's own slots) over that time, and the largest difference to the fused-kernel path. With `--tiny` on a
 CPU it runs under Triton's interpreter (`TRITON_INTERPRET=1`, set before Triton is imported): the same calls checked,
-the times meaningless.
+the times meaningless. `--json` writes the rows and, for each position, the fastest tuning (what
+`bench/grpo_rollout_gpu.py --decode-tuning` takes).
 
     python bench/decode_attention_gpu.py                         # GPU: 1,280, 4,096 and 8,192 positions
     python bench/decode_attention_gpu.py --tiny                  # CPU, seconds: the same calls, tiny shapes, eager only
     python bench/decode_attention_gpu.py --kernel-sweep --positions 1280 4096
 """
-import argparse, itertools, os, sys, time
+import argparse, itertools, json, os, sys, time
+from pathlib import Path
 if '--tiny' in sys.argv and '--kernel-sweep' in sys.argv: os.environ.setdefault('TRITON_INTERPRET', '1')   # before Triton is imported
 import torch
 import torch.nn.functional as F
@@ -80,8 +83,9 @@ def ways(q, k, v, lengths, compile:bool, group:int, slots:int) -> dict:
         out['FlexAttention, compiled'] = lambda: flex(q, k, v, block_mask=blocks, enable_gqa=True)
     return out
 
-SWEEP = dict(block_n=(32, 64, 128), warps=(2, 4, 8), programs=(256, 512, 1024), skip_masked=(False, True))
-TINY_SWEEP = dict(block_n=(16,), warps=(4,), programs=(8, 512), skip_masked=(False, True))
+SWEEP = dict(block_n=(32, 64, 128), warps=(2, 4), programs=(512, 1024, 2048), stages=(2, 3, 4), skip_masked=(False, True),
+             skip_unfilled=(False, True))
+TINY_SWEEP = dict(block_n=(16,), warps=(4,), programs=(8, 512), stages=(3,), skip_masked=(False, True), skip_unfilled=(False, True))
 
 def kernel_sweep(q, k, v, lengths, group:int, slots:int, tiny:bool, graph_calls:int, repeats:int) -> list[tuple]:
     "(tuning, us a call, max difference to the fused-kernel path) of `shared_decode_partials` + merge at every tuning of the sweep."
@@ -105,6 +109,7 @@ def kernel_sweep(q, k, v, lengths, group:int, slots:int, tiny:bool, graph_calls:
                 us = us_per_call(graph.replay, 10, repeats) / graph_calls
             else: us = us_per_call(call, 1, 1)
             rows.append((tuning, us, diff))
+            print(f"# {tuning}: {us:.1f} us, difference {diff:.1e}", file=sys.stderr, flush=True)   # progress, kept if a long sweep is cut
         except Exception as e: rows.append((tuning, float('nan'), f"{type(e).__name__}: {str(e)[:80]}"))
     return rows
 
@@ -117,6 +122,7 @@ def main():
     ap.add_argument('--group', type=int, help='rows that share a prompt (default 8; --tiny: 2)')
     ap.add_argument('--kernel-sweep', action='store_true', help="time the Triton decode kernel's tunings instead of the ways of attending")
     ap.add_argument('--graph-calls', type=int, default=28, help='--kernel-sweep: calls a CUDA graph replays (a model\'s layers)')
+    ap.add_argument('--json', help='--kernel-sweep: write every row and the fastest tuning at each position here')
     args = ap.parse_args()
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     rows, positions = args.rows or (4 if args.tiny else 32), args.positions or ([64] if args.tiny else [1280, 4096, 8192])
@@ -125,9 +131,10 @@ def main():
     dtype = torch.bfloat16
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     print(f"{card}; torch {torch.__version__}; {rows} rows, {kv} KV heads x {groups} query heads, head dim {D}, bf16", flush=True)
-    if args.kernel_sweep: print(f"\n| Triton decode kernel ({card}) | positions | block_n | warps | programs | skip_masked | us a call | bytes read, GB/s | max difference to the fused kernels |\n"
-                                "|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    if args.kernel_sweep: print(f"\n| Triton decode kernel ({card}) | positions | {' | '.join(SWEEP)} | us a call | bytes read, GB/s | max difference to the fused kernels |\n"
+                                f"|---|---:|{'---:|' * len(SWEEP)}---:|---:|---:|")
     else: print(f"\n| decode attention, one layer ({card}) | positions | us a call | whole cache, GB/s | max difference to the first |\n|---|---:|---:|---:|---:|")
+    swept = dict(card=card, rows=[], fastest={})
     g = torch.Generator(device='cpu').manual_seed(0)
     for S in positions:
         q = torch.randn(rows, kv * groups, 1, D, generator=g).to(device, dtype)
@@ -137,10 +144,13 @@ def main():
         lengths = torch.randint(max(S // 2, slots + 1), S + 1, (rows,), generator=g).to(device)
         if args.kernel_sweep:
             read = (rows // group * slots + rows * (S - slots)) * kv * D * 2 * k.element_size()   # keys and values: prompts once, own slots per row
-            for tuning, us, diff in sorted(kernel_sweep(q, k, v, lengths, group, slots, args.tiny, args.graph_calls, args.repeats), key=lambda r: (r[1] != r[1], r[1])):
-                cells = ' | '.join(str(tuning[c]) for c in ('block_n', 'warps', 'programs', 'skip_masked'))
-                print(f"| shared_decode_partials + merge | {S} | {cells} | {us:.1f} | {read / us / 1e3:.0f} | "
+            ranked = sorted(kernel_sweep(q, k, v, lengths, group, slots, args.tiny, args.graph_calls, args.repeats), key=lambda r: (r[1] != r[1], r[1]))
+            for tuning, us, diff in ranked:
+                print(f"| shared_decode_partials + merge | {S} | {' | '.join(str(v) for v in tuning.values())} | {us:.1f} | {read / us / 1e3:.0f} | "
                       + (f"{diff:.1e} |" if isinstance(diff, float) else f"failed: {diff} |"), flush=True)
+                swept['rows'].append(dict(positions=S, us=us, difference=diff, **tuning))
+            if ranked and ranked[0][1] == ranked[0][1]: swept['fastest'][S] = ranked[0][0]
+            if args.json: Path(args.json).write_text(json.dumps(swept, indent=1))
             continue
         first = None
         for name, fn in ways(q, k, v, lengths, not args.tiny, group, slots).items():

@@ -333,6 +333,8 @@ def main():
     ap.add_argument('--max-autotune', action='store_true',
                     help="compiled steps autotune their matrix products (torch._inductor.config.max_autotune_gemm: Triton templates "
                          "tried against cuBLAS at the decode's skinny shapes; compiling takes longer)")
+    ap.add_argument('--decode-tuning', help="the Triton decode kernel's tuning (vlmkit.attention.DECODE_TUNING) for this run: a JSON object, "
+                                            "or the --json file of `decode_attention_gpu.py --kernel-sweep` (its fastest at its first positions)")
     ap.add_argument('--json', help='write the results here (after each part)')
     args = ap.parse_args()
     for k, full, tiny in [('prompts', 4, 2), ('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),
@@ -346,6 +348,12 @@ def main():
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
     with share_prompt_reads(read_modes(args)[-1]): run(args, parts, families)   # 'both': the parts after the reference with it
 
+def decode_tuning(spec:str) -> dict:
+    "`--decode-tuning`: a JSON object, or a kernel sweep's --json file (the fastest tuning at its first positions)."
+    if spec.lstrip().startswith('{'): return json.loads(spec)
+    fastest = json.loads(Path(spec).read_text())['fastest']
+    return fastest[min(fastest, key=int)]
+
 def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -356,12 +364,16 @@ def run(args, parts, families):
     if args.max_autotune:
         import torch._inductor.config as inductor_config
         inductor_config.max_autotune_gemm = True
+    if args.decode_tuning:
+        from vlmkit.attention import DECODE_TUNING
+        DECODE_TUNING.update(decode_tuning(args.decode_tuning))
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     import transformers
     print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}"
           + {'auto': '', 'off': '; each row reads its own prompt copy', 'on': '; within share_prompt_reads()',
              'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
-          + ("; GEMMs autotuned" if args.max_autotune else "") + ("; weights frozen, projections fused" if args.freezing else ""), flush=True)
+          + ("; GEMMs autotuned" if args.max_autotune else "") + ("; weights frozen, projections fused" if args.freezing else "")
+          + (f"; decode kernel {DECODE_TUNING}" if args.decode_tuning else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
     save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))
     if 'reference' in parts:

@@ -58,15 +58,21 @@ def test_sft_bench_tiny_rows_agree(tmp_path):
         first = f['rows'][0]['loss_sum']
         for row in f['rows']: assert abs(row['loss_sum'] - first) <= 1e-3 * abs(first), (f['family'], row)
 
-def test_kernel_sweep_tiny_runs_every_tuning():
+def test_kernel_sweep_tiny_runs_every_tuning(tmp_path):
     """bench/decode_attention_gpu.py --tiny --kernel-sweep: every tuning of the Triton decode kernel runs under Triton's
     interpreter and gives the fused-kernel path's attention. A fresh process: the interpreter must be chosen before Triton is imported."""
     import importlib.util, os, subprocess
     if importlib.util.find_spec('triton') is None: pytest.skip('Triton is not installed')
-    r = subprocess.run([sys.executable, 'bench/decode_attention_gpu.py', '--tiny', '--kernel-sweep'], cwd=ROOT, capture_output=True,
-                       text=True, timeout=TIMEOUT, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    out = tmp_path / 'sweep.json'
+    r = subprocess.run([sys.executable, 'bench/decode_attention_gpu.py', '--tiny', '--kernel-sweep', '--json', str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=TIMEOUT, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     check_table('decode_attention_gpu.py --kernel-sweep', r.stdout)
     rows = [l for l in r.stdout.splitlines() if l.startswith('| shared_decode_partials')]
-    assert len(rows) == 4 and not any('failed' in l for l in rows), r.stdout[-3000:]
+    assert len(rows) == 8 and not any('failed' in l for l in rows), r.stdout[-3000:]
     assert all(float(l.strip().strip('|').split('|')[-1]) < 3e-2 for l in rows), r.stdout[-3000:]   # bf16 inputs: within bf16's rounding
+    swept = json.loads(out.read_text())
+    fastest = min(swept['rows'], key=lambda row: row['us'])
+    assert swept['fastest'] == {'64': {k: fastest[k] for k in swept['fastest']['64']}}, swept['fastest']
+    from vlmkit.attention import DECODE_TUNING
+    assert set(swept['fastest']['64']) == set(DECODE_TUNING)      # what --decode-tuning of grpo_rollout_gpu.py takes

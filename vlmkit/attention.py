@@ -11,12 +11,13 @@ from torch.utils.checkpoint import create_selective_checkpoint_contexts
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids', 'sdpa_varlen',
-           'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device', 'varlen_attention',
-           'varlen_attention_forward', 'register_varlen_attention', 'attention_bias', 'attend_with_lse',
-           'merge_attention_chunks', 'merge_attention', 'decode_kernel_on', 'decode_kernel_runs', 'decode_chunks',
-           'shared_decode_partials', 'shares_prefix', 'prompt_chunks', 'attend_prompt_once', 'shared_prefix_attention',
-           'gqa_sdpa_attention_forward', 'register_decode_attention', 'attention_kernels', 'keep_attention_context']
+__all__ = ['BACKENDS', 'VARLEN_IMPL', 'DECODE_TUNING', 'DECODE_IMPL', 'cu_seqlens_from_lengths', 'cu_seqlens_from_position_ids',
+           'sdpa_varlen', 'attention_backend', 'varlen_backend', 'installed_backends', 'host_to_device',
+           'varlen_attention', 'varlen_attention_forward', 'register_varlen_attention', 'attention_bias',
+           'attend_with_lse', 'merge_attention_chunks', 'merge_attention', 'decode_kernel_on', 'decode_kernel_runs',
+           'decode_chunks', 'shared_decode_partials', 'shares_prefix', 'prompt_chunks', 'attend_prompt_once',
+           'shared_prefix_attention', 'gqa_sdpa_attention_forward', 'register_decode_attention', 'attention_kernels',
+           'keep_attention_context']
 
 # %% ../nbs/04_attention.ipynb #f7e5f4d4
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
@@ -303,9 +304,10 @@ if triton is not None:
     def _decode_attention_kernel(Q, K, V, Mask, Out, Lse, sq_b, sq_h, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sm_b, sm_s, so_b, so_h, so_c,
                          sl_b, sl_h, scale, start, length, chunk, first_chunk, rows, per,
                          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                         SKIP_MASKED: tl.constexpr):
+                         SKIP_MASKED: tl.constexpr, SKIP_UNFILLED: tl.constexpr):
         """One program: the queries of `rows` consecutive rows x `per` query heads of one key/value head, on one chunk of the
-        slots of the first of those rows; `SKIP_MASKED`: keys and values are loaded only at allowed slots."""
+        slots of the first of those rows; `SKIP_MASKED`: keys and values are loaded only at allowed slots; `SKIP_UNFILLED`:
+        the chunk is read up to its last allowed slot only (its mask scanned first)."""
         block, kvh, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         m = tl.arange(0, BLOCK_M)
         valid = m < rows * per
@@ -314,6 +316,13 @@ if triton is not None:
         if UPCAST: q = q.to(tl.float32)
         first, lo = block * rows, start + c * chunk
         hi = tl.minimum(lo + chunk, start + length)
+        if SKIP_UNFILLED:                                       # end at the chunk's last allowed slot: a row's own slots fill as it decodes
+            last = lo
+            for n0 in range(lo, hi, BLOCK_N):
+                n = n0 + tl.arange(0, BLOCK_N)
+                filled = tl.load(Mask + first * sm_b + n * sm_s, mask=n < hi, other=0) != 0
+                last = tl.maximum(last, tl.max(tl.where(filled, n + 1, 0), 0))
+            hi = last
         top = tl.full([BLOCK_M], float('-inf'), tl.float32)   # running maximum score
         total = tl.zeros([BLOCK_M], tl.float32)                # running sum of exp(score - top)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -341,7 +350,7 @@ if triton is not None:
 
 
 def _launch_partials(q, key, value, mask, out, lse, rows:int, start:int, length:int, chunks:int, first_chunk:int, scale:float,
-                     block_n:int, warps:int, skip_masked:bool):
+                     block_n:int, warps:int, stages:int, skip_masked:bool, skip_unfilled:bool):
     "`_decode_attention_kernel` on `chunks` chunks of the slots `start` to `start + length`, for sets of `rows` rows; writes chunks `first_chunk` on of `out`, `lse`."
     B, H, D = q.shape
     kv = key.shape[1]
@@ -351,34 +360,41 @@ def _launch_partials(q, key, value, mask, out, lse, rows:int, start:int, length:
         value.stride(0), value.stride(1), value.stride(2), mask.stride(0), mask.stride(1), out.stride(0), out.stride(1),
         out.stride(2), lse.stride(0), lse.stride(1), scale, start, length, -(-length // chunks), first_chunk, rows, per,
         D=D, BLOCK_M=max(16, 1 << (rows * per - 1).bit_length()), BLOCK_N=block_n, UPCAST=not q.is_cuda,
-        PRECISION='ieee' if q.dtype == torch.float32 else 'tf32', SKIP_MASKED=skip_masked, num_warps=warps)   # float32 products in float32, not TF32
+        PRECISION='ieee' if q.dtype == torch.float32 else 'tf32', SKIP_MASKED=skip_masked, SKIP_UNFILLED=skip_unfilled,
+        num_warps=warps, num_stages=stages)   # float32 products in float32, not TF32
 
 @torch.library.triton_op('vlmkit::shared_decode_partials', mutates_args=())
 def _shared_decode_op(q:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
-                      scale:float, block_n:int, warps:int, programs:int, skip_masked:bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      scale:float, block_n:int, warps:int, programs:int, stages:int, skip_masked:bool,
+                      skip_unfilled:bool) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, D = q.shape
     kv, S = key.shape[1], key.shape[2]
     prompt, own = decode_chunks(slots, B // group * kv, block_n, programs), decode_chunks(S - slots, B * kv, block_n, programs)
-    tuning = dict(block_n=block_n, warps=warps, skip_masked=skip_masked)
+    tuning = dict(block_n=block_n, warps=warps, stages=stages, skip_masked=skip_masked)
     out = q.new_empty(B, H, prompt + own, D, dtype=torch.float32)
     lse = q.new_empty(B, H, prompt + own, dtype=torch.float32)
-    _launch_partials(q, key, value, mask, out, lse, group, 0, slots, prompt, 0, scale, **tuning)
-    _launch_partials(q, key, value, mask, out, lse, 1, slots, S - slots, own, prompt, scale, **tuning)
+    _launch_partials(q, key, value, mask, out, lse, group, 0, slots, prompt, 0, scale, skip_unfilled=False, **tuning)  # a prompt's slots are all written
+    _launch_partials(q, key, value, mask, out, lse, 1, slots, S - slots, own, prompt, scale, skip_unfilled=skip_unfilled, **tuning)
     return out, lse
 
+DECODE_TUNING = dict(block_n=64, warps=4, programs=512, stages=3, skip_masked=False, skip_unfilled=False)
+
 def shared_decode_partials(q:torch.Tensor, key:torch.Tensor, value:torch.Tensor, mask:torch.Tensor, group:int, slots:int,
-                           scale:float|None=None, *, block_n:int=64, warps:int=4, programs:int=512,
-                           skip_masked:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
+                           scale:float|None=None, **tuning) -> tuple[torch.Tensor, torch.Tensor]:
     """A one-token decode step's attention in parts, on Triton (an operator `torch.compile` traces): query `q` `[B, H, D]`,
     cache `key`/`value` `[B, H_kv, S, D]`, `mask` `[B, S]` (bool), rows in groups of `group` sharing their first `slots` slots.
     Returns each part's output `[B, H, C, D]` and log-sum-exp `[B, H, C]` (float32), for `merge_attention_chunks` at dim 2:
-    C chunks, first those of the group's prompt (read once a group), then each row's own. The tuning: `block_n` slots a
-    loop step, `warps` a program, about `programs` programs a launch (`decode_chunks`), `skip_masked` to load keys and
-    values only at allowed slots (`bench/decode_attention_gpu.py --kernel-sweep` times them; the defaults are the
-    settings measured in a compiled step)."""
+    C chunks, first those of the group's prompt (read once a group), then each row's own. `tuning` overrides
+    `DECODE_TUNING`'s: `block_n` slots a loop step, `warps` a program, about `programs` programs a launch
+    (`decode_chunks`), `stages` of Triton's software pipeline, `skip_masked` to load keys and values only at allowed
+    slots, `skip_unfilled` to read each row's own chunks only up to their last allowed slot
+    (`bench/decode_attention_gpu.py --kernel-sweep` times them)."""
     if triton is None: raise RuntimeError('shared_decode_partials runs on Triton, which is not installed (pip install triton)')
+    if unknown := set(tuning) - set(DECODE_TUNING): raise TypeError(f"shared_decode_partials: unknown tuning {sorted(unknown)}; known: {list(DECODE_TUNING)}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return torch.ops.vlmkit.shared_decode_partials(q, key, value, mask.to(torch.uint8), group, slots, scale, block_n, warps, programs, skip_masked)
+    t = DECODE_TUNING | tuning
+    return torch.ops.vlmkit.shared_decode_partials(q, key, value, mask.to(torch.uint8), group, slots, float(scale), t['block_n'], t['warps'],
+                                                   t['programs'], t['stages'], t['skip_masked'], t['skip_unfilled'])
 
 
 # %% ../nbs/04_attention.ipynb #7037d2a6
