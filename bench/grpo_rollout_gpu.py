@@ -117,15 +117,16 @@ def part_reference(args, device):
         out.append(dict(mode=mode, rows=n_rows, secs=secs, tok_s=n_rows * n / secs))
         print(f"  {mode}: {n_rows} rows x {n} tokens in {secs:.2f} s = {n_rows * n / secs:.0f} new tokens/s", flush=True)
     with torch.no_grad():
-        row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
-        row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
-        row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
+        if args.plain == 'all':
+            row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
+            row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
+        if args.plain != 'none': row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
         variants = [(cache, shared) for cache in args.caches for shared in read_modes(args)]
         for cache, shared in variants:
             with share_prompt_reads(shared):
                 row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model, cache == 'compiled') else ''),
                     len(rows), lambda: vlmkit_generate(model, rows, n, cache))
-        for dtype in greedy_dtypes(args):          # greedy rows against transformers' greedy generate of the same batch
+        for dtype in greedy_dtypes(args) if variants else []:   # greedy rows against transformers' greedy generate of the same batch
             model.to(dtype)
             greedy = plain_generate(model, rows, n, do_sample=False)
             for r, (cache, shared) in zip(out[-len(variants):], variants):
@@ -311,7 +312,10 @@ def main():
     ap.add_argument('--tiny', action='store_true', help='tiny models and counts on CPU, float32 (smoke test of the same paths)')
     ap.add_argument('--parts', default='reference,rollout,step,profile', help='comma-separated: reference, rollout, step, profile')
     ap.add_argument('--families', default=','.join(FAMILY_LABELS), help=f"comma-separated, from {', '.join(FAMILY_LABELS)}")
-    ap.add_argument('--caches', help="the engine's KV caches compared, the first the greedy reference (default dynamic,compiled; --tiny: dynamic,static)")
+    ap.add_argument('--caches', help="the engine's KV caches compared, the first the greedy reference (default dynamic,compiled; --tiny: dynamic,static; "
+                                     "'none': the reference part's plain rows alone)")
+    ap.add_argument('--plain', default='all', choices=['all', 'batch', 'none'],
+                    help="the reference part's plain transformers rows: one completion, G in one call and the prompts x G batch (all), the batch alone, or none")
     ap.add_argument('--prompts', type=int, help='prompts per batch (default 4; --tiny: 2)')
     ap.add_argument('--group', type=int, help='completions per prompt, G (default 8; --tiny: 2)')
     ap.add_argument('--new-tokens', type=int, help='new tokens a completion (default 256; --tiny: 48)')
@@ -340,7 +344,7 @@ def main():
     for k, full, tiny in [('prompts', 4, 2), ('group', 8, 2), ('new_tokens', 256, 48), ('prompt_len', 1024, 16), ('call_at', 32, 2),
                           ('image_size', [640, 480], [192, 144]), ('caches', 'dynamic,compiled', 'dynamic,static')]:
         if getattr(args, k) is None: setattr(args, k, tiny if args.tiny else full)
-    args.caches = args.caches.split(',')
+    args.caches = [] if args.caches == 'none' else args.caches.split(',')
     parts, families = args.parts.split(','), args.families.split(',')
     if bad := [p for p in parts if p not in ('reference', 'rollout', 'step', 'profile')]: ap.error(f"--parts: unknown {bad}")
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
