@@ -29,6 +29,8 @@ keys and values once a group; by default vlmkit reads them so where its Triton d
 without and with it, side by side in one run (the other parts with it).
 `--max-autotune`: compiled steps autotune their matrix products (at batch 32 the weights' GEMMs are about 1.9 ms of a
 5.3 ms step on an H100, where reading the weights takes 1.1 ms); the same parts with and without it, on one machine.
+`--inductor WAY ...`: the reference part's vlmkit rows once for each way of compiling (Inductor's settings, e.g.
+`max_autotune_gemm=True`; `default` is vlmkit's), side by side in one run.
 `--freezing`: an exploration, not vlmkit's way: Inductor treats the weights as constants (`torch._inductor.config.freezing`)
 and fuses the projections that read one input (query/key/value, gate/up) into one GEMM each. Right only for weights that
 never change after compiling (the reference LLM; not a policy in training), and it keeps a fused copy of them; it
@@ -40,7 +42,8 @@ Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in 
     python bench/grpo_rollout_gpu.py --parts rollout --families qwen2_5_vl --caches dynamic,compiled
     python bench/grpo_rollout_gpu.py --tiny                              # CPU, seconds: the same code paths, tiny models
 """
-import argparse, json, sys, tempfile, time, traceback, warnings
+import argparse, ast, json, sys, tempfile, time, traceback, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import torch
 warnings.filterwarnings('ignore', category=FutureWarning)
@@ -106,6 +109,23 @@ def read_modes(args) -> list[bool|None]:
     "The reference part's ways of reading a group's prompt (`--share-prompt-reads`): vlmkit's default, off, on, or off and on side by side."
     return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[args.share_prompt_reads]
 
+def parse_inductor(spec:str) -> dict:
+    "`--inductor`'s one way: 'default' (no settings), or 'name=value,...' of `torch._inductor.config` (values as Python literals)."
+    if spec == 'default': return {}
+    pairs = [p.split('=', 1) for p in spec.split(',')]
+    if bad := [p[0] for p in pairs if len(p) != 2]: raise SystemExit(f"--inductor {spec!r}: {bad} is not name=value")
+    return {k.strip(): ast.literal_eval(v.strip()) for k, v in pairs}
+
+@contextmanager
+def inductor_settings(model, spec:str):
+    "Within the block `model`'s compiled steps compile under `--inductor` way `spec`: compiled afresh where the way before was another."
+    import torch._inductor.config as config
+    if model.__dict__.get('_bench_inductor', 'default') != spec:
+        for m in model.modules(): m.__dict__.pop('_vlmkit_compiled_step', None)
+        torch._dynamo.reset()
+        model.__dict__['_bench_inductor'] = spec
+    with config.patch(parse_inductor(spec)): yield
+
 def part_reference(args, device):
     from vlmkit.generation import reads_prompts_once, share_prompt_reads
     model = reference_llm(args.tiny, device)
@@ -121,16 +141,16 @@ def part_reference(args, device):
             row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
             row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
         if args.plain != 'none': row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
-        variants = [(cache, shared) for cache in args.caches for shared in read_modes(args)]
-        for cache, shared in variants:
-            with share_prompt_reads(shared):
-                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model, cache == 'compiled') else ''),
-                    len(rows), lambda: vlmkit_generate(model, rows, n, cache))
+        variants = [(cache, shared, spec) for cache in args.caches for shared in read_modes(args) for spec in args.inductor]
+        for cache, shared, spec in variants:
+            with share_prompt_reads(shared), inductor_settings(model, spec):
+                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model, cache == 'compiled') else '')
+                    + ('' if spec == 'default' else f', Inductor {spec}'), len(rows), lambda: vlmkit_generate(model, rows, n, cache))
         for dtype in greedy_dtypes(args) if variants else []:   # greedy rows against transformers' greedy generate of the same batch
             model.to(dtype)
             greedy = plain_generate(model, rows, n, do_sample=False)
-            for r, (cache, shared) in zip(out[-len(variants):], variants):
-                with share_prompt_reads(shared): ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
+            for r, (cache, shared, spec) in zip(out[-len(variants):], variants):
+                with share_prompt_reads(shared), inductor_settings(model, spec): ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
                 r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(ours, greedy)
                 print(f"    {r['mode'].split(', ', 2)[-1]}, {dtype_name(dtype)}: greedy rows identical to transformers': "
                       f"{r[f'same_greedy_{dtype_name(dtype)}']} of {len(rows)} (median first difference at token {r[f'diverge_{dtype_name(dtype)}']})", flush=True)
@@ -281,7 +301,8 @@ def tables(res, card, args):
         print(f"\n| LLM reference ({card}) | rows | time s | new tokens/s | vs 4 x G plain | " + ' | '.join(f"greedy rows identical, {n}" for n in names) + " |")
         print("|---|---|---|---|---|" + "---|" * len(names))
         for r in res['reference']:
-            print(f"| {r['mode']} | {r['rows']} | {r['secs']:.2f} | {r['tok_s']:.0f} | {r['tok_s'] / ref4['tok_s']:.2f}x | " + ' | '.join(same_cell(r, n) for n in names) + " |")
+            vs = f"{r['tok_s'] / ref4['tok_s']:.2f}x" if ref4 else '-'
+            print(f"| {r['mode']} | {r['rows']} | {r['secs']:.2f} | {r['tok_s']:.0f} | {vs} | " + ' | '.join(same_cell(r, n) for n in names) + " |")
     if res.get('rollout'):
         ref4 = next((r for r in res.get('reference') or [] if r['mode'].startswith('transformers') and r['rows'] == args.prompts * args.group), None)
         names = [dtype_name(d) for d in greedy_dtypes(args)]
@@ -337,6 +358,9 @@ def main():
     ap.add_argument('--max-autotune', action='store_true',
                     help="compiled steps autotune their matrix products (torch._inductor.config.max_autotune_gemm: Triton templates "
                          "tried against cuBLAS at the decode's skinny shapes; compiling takes longer)")
+    ap.add_argument('--inductor', nargs='+', default=['default'],
+                    help="ways to compile the reference part's vlmkit rows, side by side: 'default', or 'name=value,...' of "
+                         "torch._inductor.config (e.g. max_autotune_gemm=True, combo_kernels=True, coordinate_descent_tuning=True)")
     ap.add_argument('--decode-tuning', help="the Triton decode kernel's tuning (vlmkit.attention.DECODE_TUNING) for this run: a JSON object, "
                                             "or the --json file of `decode_attention_gpu.py --kernel-sweep` (its fastest at its first positions)")
     ap.add_argument('--json', help='write the results here (after each part)')
@@ -345,6 +369,9 @@ def main():
                           ('image_size', [640, 480], [192, 144]), ('caches', 'dynamic,compiled', 'dynamic,static')]:
         if getattr(args, k) is None: setattr(args, k, tiny if args.tiny else full)
     args.caches = [] if args.caches == 'none' else args.caches.split(',')
+    import torch._inductor.config as config
+    if bad := [k for spec in args.inductor for k in parse_inductor(spec) if not hasattr(config, k)]:
+        ap.error(f"--inductor: torch._inductor.config has no {bad}")
     parts, families = args.parts.split(','), args.families.split(',')
     if bad := [p for p in parts if p not in ('reference', 'rollout', 'step', 'profile')]: ap.error(f"--parts: unknown {bad}")
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")

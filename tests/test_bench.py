@@ -76,3 +76,16 @@ def test_kernel_sweep_tiny_runs_every_tuning(tmp_path):
     assert swept['fastest'] == {'64': {k: fastest[k] for k in swept['fastest']['64']}}, swept['fastest']
     from vlmkit.attention import DECODE_TUNING
     assert set(swept['fastest']['64']) == set(DECODE_TUNING)      # what --decode-tuning of grpo_rollout_gpu.py takes
+
+def test_grpo_reference_ways_side_by_side(tmp_path):
+    """bench/grpo_rollout_gpu.py --tiny: the reference part's --plain rows and one vlmkit row a way of compiling (--inductor),
+    each with its greedy check against transformers' greedy generate."""
+    out = tmp_path/'reference.json'
+    script = ROOT/'bench'/'grpo_rollout_gpu.py'
+    r = run_forked(script_main(script), ['--tiny', '--parts', 'reference', '--plain', 'batch', '--caches', 'static', '--inductor', 'default',
+                                         'coordinate_descent_tuning=True', '--json', out], cwd=ROOT, timeout=TIMEOUT, prog=str(script))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    rows = json.loads(out.read_text())['results']['reference']
+    assert [row['mode'] for row in rows] == ['transformers generate, 2 x G=2', 'vlmkit generate, 2 x G=2, static cache',
+                                             'vlmkit generate, 2 x G=2, static cache, Inductor coordinate_descent_tuning=True'], rows
+    assert all(row['same_greedy_float32'] == 4 for row in rows[1:]), rows
