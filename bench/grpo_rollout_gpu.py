@@ -120,8 +120,9 @@ def parse_inductor(spec:str) -> dict:
 def inductor_settings(model, spec:str):
     "Within the block `model`'s compiled steps compile under `--inductor` way `spec`: compiled afresh where the way before was another."
     import torch._inductor.config as config
+    from vlmkit.generation import forget_compiled_steps
     if model.__dict__.get('_bench_inductor', 'default') != spec:
-        for m in model.modules(): m.__dict__.pop('_vlmkit_compiled_step', None)
+        forget_compiled_steps(model)
         torch._dynamo.reset()
         model.__dict__['_bench_inductor'] = spec
     with config.patch(parse_inductor(spec)): yield
@@ -389,12 +390,9 @@ def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     dtype = torch.float32 if args.tiny else torch.bfloat16
     torch.set_default_dtype(dtype)
-    if args.freezing:
-        import torch._inductor.config as inductor_config
-        inductor_config.freezing = True
-    if args.max_autotune:
-        import torch._inductor.config as inductor_config
-        inductor_config.max_autotune_gemm = True
+    import torch._inductor.config as inductor_config
+    if args.freezing: inductor_config.freezing = True
+    if args.max_autotune: inductor_config.max_autotune_gemm = True
     if args.decode_tuning:
         from vlmkit.attention import DECODE_TUNING
         DECODE_TUNING.update(decode_tuning(args.decode_tuning))

@@ -571,6 +571,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'vlmkit.generation.compiled_step': ('generation.html#compiled_step', 'vlmkit/generation.py'),
                                    'vlmkit.generation.continue_cache': ('generation.html#continue_cache', 'vlmkit/generation.py'),
                                    'vlmkit.generation.decode_steps': ('generation.html#decode_steps', 'vlmkit/generation.py'),
+                                   'vlmkit.generation.forget_compiled_steps': ( 'generation.html#forget_compiled_steps',
+                                                                                'vlmkit/generation.py'),
                                    'vlmkit.generation.free_static_caches': ('generation.html#free_static_caches', 'vlmkit/generation.py'),
                                    'vlmkit.generation.generate': ('generation.html#generate', 'vlmkit/generation.py'),
                                    'vlmkit.generation.generation_default': ('generation.html#generation_default', 'vlmkit/generation.py'),

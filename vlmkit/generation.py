@@ -20,10 +20,11 @@ __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHE
            'RowSchedule', 'per_row', 'stop_sets', 'row_schedules', 'token_picker', 'prompt_rows', 'left_pad',
            'split_inputs', 'batch_inputs', 'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model',
            'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
-           'new_cache', 'compiled_step', 'share_prefill', 'prefix_group', 'share_prompt_reads', 'reads_prompts_once',
-           'shared_prefix_kwargs', 'DecodeState', 'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy',
-           'decode_steps', 'Generation', 'collect', 'generation_default', 'repeated_prompts', 'BatchDecoder',
-           'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate', 'split_thinking']
+           'new_cache', 'compiled_step', 'forget_compiled_steps', 'share_prefill', 'prefix_group', 'share_prompt_reads',
+           'reads_prompts_once', 'shared_prefix_kwargs', 'DecodeState', 'kept_groups', 'continue_cache', 'RowEnds',
+           'HostCopy', 'decode_steps', 'Generation', 'collect', 'generation_default', 'repeated_prompts',
+           'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate',
+           'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -244,14 +245,21 @@ def new_cache(module, cache:str, rows:int, size:int, reset:bool=True) -> tuple[C
     if cache == 'dynamic': return DynamicCache(config=module.config.get_text_config(decoder=True)), None
     return static_cache(module, rows, cache_size(size), reset)
 
+_COMPILED_STEP = '_vlmkit_compiled_step'   # where compiled_step keeps a module's compiled step
+
 def compiled_step(module):
     """`module` through `torch.compile(mode='reduce-overhead')` (CUDA graphs on a GPU), compiled once per module and kept on it;
     its text decoder's SDPA becomes `vlmkit_sdpa`: the same attention, without the copy of the cache a compiled SDPA makes."""
-    if '_vlmkit_compiled_step' not in module.__dict__:
+    if _COMPILED_STEP not in module.__dict__:
         text = module.config.get_text_config(decoder=True)
         if text._attn_implementation == 'sdpa': text._attn_implementation = register_decode_attention()
-        module.__dict__['_vlmkit_compiled_step'] = torch.compile(module, mode='reduce-overhead')
-    return module.__dict__['_vlmkit_compiled_step']
+        module.__dict__[_COMPILED_STEP] = torch.compile(module, mode='reduce-overhead')
+    return module.__dict__[_COMPILED_STEP]
+
+def forget_compiled_steps(model) -> None:
+    """Drop the compiled steps kept on `model` and its modules: the next `compiled_step` compiles afresh (after changing
+    `torch._inductor.config`, with `torch._dynamo.reset()`, whose caches would otherwise give back the graphs compiled before)."""
+    for m in model.modules(): m.__dict__.pop(_COMPILED_STEP, None)
 
 def share_prefill(prefilled:Cache, cache:Cache, prompt_of:torch.Tensor) -> Cache:
     "`cache` holding, for row `i`, the keys and values `prefilled` holds for row `prompt_of[i]` (a prompt prefilled once for its rows)."
