@@ -14,6 +14,7 @@ from transformers import Cache, DynamicCache, StaticCache
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 from .attention import DECODE_IMPL, VARLEN_IMPL, decode_kernel_on, register_decode_attention
+from .projections import MERGE_SAME_PRODUCTS, fuse_sibling_weights, fused_products
 
 # %% auto #0
 __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHES', 'SHARED_SLOTS_MULTIPLE', 'KIND_COLORS',
@@ -21,10 +22,10 @@ __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHE
            'split_inputs', 'batch_inputs', 'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model',
            'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
            'new_cache', 'compiled_step', 'forget_compiled_steps', 'share_prefill', 'prefix_group', 'share_prompt_reads',
-           'reads_prompts_once', 'shared_prefix_kwargs', 'DecodeState', 'kept_groups', 'continue_cache', 'RowEnds',
-           'HostCopy', 'decode_steps', 'Generation', 'collect', 'generation_default', 'repeated_prompts',
-           'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder', 'stream_text', 'stream_generate',
-           'split_thinking']
+           'reads_prompts_once', 'fuse_projections', 'fuses_projections', 'shared_prefix_kwargs', 'DecodeState',
+           'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation', 'collect',
+           'generation_default', 'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
+           'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -248,12 +249,13 @@ def new_cache(module, cache:str, rows:int, size:int, reset:bool=True) -> tuple[C
 _COMPILED_STEP = '_vlmkit_compiled_step'   # where compiled_step keeps a module's compiled step
 
 def compiled_step(module):
-    """`module` through `torch.compile(mode='reduce-overhead')` (CUDA graphs on a GPU), compiled once per module and kept on it;
-    its text decoder's SDPA becomes `vlmkit_sdpa`: the same attention, without the copy of the cache a compiled SDPA makes."""
+    """`module` through `torch.compile` with CUDA graphs (`mode='reduce-overhead'`'s setting) and
+    `vlmkit.projections.MERGE_SAME_PRODUCTS` (products of the same operands computed once), compiled once per module and
+    kept on it; its text decoder's SDPA becomes `vlmkit_sdpa`: the same attention, without the copy of the cache a compiled SDPA makes."""
     if _COMPILED_STEP not in module.__dict__:
         text = module.config.get_text_config(decoder=True)
         if text._attn_implementation == 'sdpa': text._attn_implementation = register_decode_attention()
-        module.__dict__[_COMPILED_STEP] = torch.compile(module, mode='reduce-overhead')
+        module.__dict__[_COMPILED_STEP] = torch.compile(module, options={'triton.cudagraphs': True, 'post_grad_custom_pre_pass': MERGE_SAME_PRODUCTS})
     return module.__dict__[_COMPILED_STEP]
 
 def forget_compiled_steps(model) -> None:
@@ -293,6 +295,23 @@ def reads_prompts_once(module, compiled:bool=True) -> bool:
     """Do decode steps of `module` (`compiled`: through `compiled_step`) read a prompt its rows share once a group: as
     `share_prompt_reads` says, by default in compiled steps where the Triton decode kernel runs (where it was measured)."""
     return compiled and decode_kernel_on(_device(module)) if _share_prompt_reads is None else _share_prompt_reads
+
+_fuse_projections = None   # None: `fuses_projections` decides (compiled steps on a GPU)
+
+@contextmanager
+def fuse_projections(on:bool|None=True):
+    """Within the block, compiled decode steps compute each layer's query, key and value projections as one matrix
+    product, and its gate and up projections as one (`vlmkit.projections`: the weights fused once, the same parameters),
+    (on), each projection its own (off), or the default (None): fused in compiled steps on a GPU, where 4 x G=8 decoding
+    of a Qwen3-1.7B-shaped model was measured faster with them (`bench/RESULTS.md`)."""
+    global _fuse_projections
+    before, _fuse_projections = _fuse_projections, on
+    try: yield
+    finally: _fuse_projections = before
+
+def fuses_projections(module, compiled:bool=True) -> bool:
+    "Do decode steps of `module` (`compiled`: through `compiled_step`) compute sibling projections as one product each (`fuse_projections`)."
+    return compiled and (_device(module).type == 'cuda' if _fuse_projections is None else _fuse_projections)
 
 def shared_prefix_kwargs(module, prefix_of:list, slots:int, compiled:bool) -> dict:
     """The forward kwargs by which a decode step's attention reads each group's shared first `slots` cache slots once
@@ -442,6 +461,8 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
         out = module(**first, attention_mask=rows_mask, use_cache=True, logits_to_keep=1, **{key: kv})
         logits = out.logits[:, -1]
     mask, step_fn = rows_mask, compiled_step(module) if cache == 'compiled' else module
+    fuse = fuses_projections(module, cache == 'compiled')
+    if fuse: fuse_sibling_weights(module)                 # once; again for sets whose parameters were replaced since
     if past is None: prefix_of, prefix_slots = prompt_of, ids.shape[1]
     else: prefix_of, prefix_slots = (None, 0) if past.prefix_of is None else ([past.prefix_of[p] for p in past_of], past.prefix_slots)
     shared_kw = {} if prefix_of is None else shared_prefix_kwargs(module, prefix_of, prefix_slots, cache == 'compiled')
@@ -459,7 +480,8 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
             if size is None: mask = torch.cat([mask, took[:, None].to(mask.dtype)], 1)
             else: mask[:, end] = took
             end, pos = end + 1, pos + 1
-            out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}, **shared_kw)
+            with fused_products(fuse):
+                out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}, **shared_kw)
         tokens, live = copied()                       # the host's copy, read while the forward runs
         live = [bool(l) for l in live]
         for s, t, l in zip(schedules, tokens, live):
