@@ -27,6 +27,8 @@ engine's KV caches side by side, a training step's time split, and the plain tra
 keys and values once a group; by default vlmkit reads them so where its Triton decode kernel runs, a GPU with Triton);
 `--share-prompt-reads off` reads each row's own copy; `--share-prompt-reads both` runs the reference part's vlmkit rows
 without and with it, side by side in one run (the other parts with it).
+`--fuse-projections`: the same for `vlmkit.generation.fuse_projections()` (compiled steps compute each layer's
+query/key/value projections as one matrix product, and its gate/up projections as one; by default on a GPU).
 `--max-autotune`: compiled steps autotune their matrix products (at batch 32 the weights' GEMMs are about 1.9 ms of a
 5.3 ms step on an H100, where reading the weights takes 1.1 ms); the same parts with and without it, on one machine.
 `--inductor WAY ...`: the reference part's vlmkit rows once for each way of compiling (Inductor's settings, e.g.
@@ -109,6 +111,10 @@ def read_modes(args) -> list[bool|None]:
     "The reference part's ways of reading a group's prompt (`--share-prompt-reads`): vlmkit's default, off, on, or off and on side by side."
     return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[args.share_prompt_reads]
 
+def fuse_modes(args) -> list[bool|None]:
+    "The reference part's ways of computing sibling projections (`--fuse-projections`): vlmkit's default, off, on, or both side by side."
+    return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[args.fuse_projections]
+
 def parse_inductor(spec:str) -> dict:
     "`--inductor`'s one way: 'default' (no settings), or 'name=value,...' of `torch._inductor.config` (values as Python literals)."
     if spec == 'default': return {}
@@ -128,7 +134,7 @@ def inductor_settings(model, spec:str):
     with config.patch(parse_inductor(spec)): yield
 
 def part_reference(args, device):
-    from vlmkit.generation import reads_prompts_once, share_prompt_reads
+    from vlmkit.generation import fuse_projections, fuses_projections, reads_prompts_once, share_prompt_reads
     model = reference_llm(args.tiny, device)
     prompts, rows = reference_batch(model, args, device)
     n, out = args.new_tokens, []
@@ -142,16 +148,19 @@ def part_reference(args, device):
             row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
             row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
         if args.plain != 'none': row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
-        variants = [(cache, shared, spec) for cache in args.caches for shared in read_modes(args) for spec in args.inductor]
-        for cache, shared, spec in variants:
-            with share_prompt_reads(shared), inductor_settings(model, spec):
-                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model, cache == 'compiled') else '')
+        variants = [(cache, shared, fused, spec) for cache in args.caches for shared in read_modes(args) for fused in fuse_modes(args)
+                    for spec in args.inductor]
+        for cache, shared, fused, spec in variants:
+            with share_prompt_reads(shared), fuse_projections(fused), inductor_settings(model, spec):
+                compiled = cache == 'compiled'
+                row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model, compiled) else '')
+                    + (', fused projections' if fuses_projections(model, compiled) else '')
                     + ('' if spec == 'default' else f', Inductor {spec}'), len(rows), lambda: vlmkit_generate(model, rows, n, cache))
         for dtype in greedy_dtypes(args) if variants else []:   # greedy rows against transformers' greedy generate of the same batch
             model.to(dtype)
             greedy = plain_generate(model, rows, n, do_sample=False)
-            for r, (cache, shared, spec) in zip(out[-len(variants):], variants):
-                with share_prompt_reads(shared), inductor_settings(model, spec): ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
+            for r, (cache, shared, fused, spec) in zip(out[-len(variants):], variants):
+                with share_prompt_reads(shared), fuse_projections(fused), inductor_settings(model, spec): ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
                 r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(ours, greedy)
                 print(f"    {r['mode'].split(', ', 2)[-1]}, {dtype_name(dtype)}: greedy rows identical to transformers': "
                       f"{r[f'same_greedy_{dtype_name(dtype)}']} of {len(rows)} (median first difference at token {r[f'diverge_{dtype_name(dtype)}']})", flush=True)
@@ -252,7 +261,8 @@ def part_profile(args, device):
     """vlmkit generate of the reference batch with the last of `--caches`: wall ms a step, the attention kernels' GPU ms a step
     (torch.profiler, CUDA only), and the model's step alone on a static cache (no sampling, no bookkeeping, no prefill)."""
     from torch.profiler import ProfilerActivity, profile
-    from vlmkit.generation import cache_size, compiled_step, free_static_caches, shared_prefix_kwargs, static_cache
+    from vlmkit.generation import cache_size, compiled_step, free_static_caches, fuses_projections, shared_prefix_kwargs, static_cache
+    from vlmkit.projections import fuse_sibling_weights, fused_products
     model, cache, n = reference_llm(args.tiny, device), args.caches[-1], args.new_tokens
     _, rows = reference_batch(model, args, device)
     run = lambda: vlmkit_generate(model, rows, n, cache)
@@ -266,7 +276,7 @@ def part_profile(args, device):
         kernels = [e for e in events if not e.key.startswith(('## ', 'aten::'))]   # kernels, not the ranges and ops around them
         attention_ms = sum(device_ms(e) for e in kernels if any(k in e.key.lower() for k in ('sdpa', 'fmha', 'flash', 'attention'))) / n if cuda else None
         gpu_ms = sum(device_ms(e) for e in kernels) / n if cuda else None   # every kernel's GPU time: what the GPU is busy with a step
-        busiest = [f"{e.key[:60]} {device_ms(e) / n:.3f}" for e in sorted(kernels, key=device_ms, reverse=True)[:12]] if cuda else []
+        busiest = [f"{e.key[:60]} {device_ms(e) / n:.3f}" for e in sorted(kernels, key=device_ms, reverse=True)[:30]] if cuda else []
         if cuda: print('  busiest kernels, ms a step:\n    ' + '\n    '.join(busiest), flush=True)
         alone = None
         if cache != 'dynamic':                                      # the step by itself: what the loop around it adds is the rest
@@ -276,7 +286,10 @@ def part_profile(args, device):
             pos = torch.full((len(rows), 1), args.prompt_len, device=device)
             # within share_prompt_reads (--share-prompt-reads), each group's prompt read once, as the loop's steps read it
             shared = shared_prefix_kwargs(model, [i // args.group for i in range(len(rows))], args.prompt_len, cache == 'compiled')
-            one = lambda: step(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, past_key_values=kv, **shared)
+            fused = fuses_projections(model, cache == 'compiled')      # and its projections computed as the loop's steps compute them
+            if fused: fuse_sibling_weights(model)
+            def one():
+                with fused_products(fused): return step(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, past_key_values=kv, **shared)
             for _ in range(3): one()
             _, t = timed(lambda: [one() for _ in range(20)])
             alone = t / 20 * 1e3
@@ -353,6 +366,10 @@ def main():
                     help="a group's prompt keys and values read once for its rows (vlmkit.generation.share_prompt_reads): 'auto' (default) "
                          "as vlmkit decides (on where its Triton decode kernel runs), 'on' (the flag alone), 'off', or 'both': the reference "
                          "part's vlmkit rows without and with it, side by side, the other parts with it")
+    ap.add_argument('--fuse-projections', nargs='?', const='on', default='auto', choices=['auto', 'off', 'on', 'both'],
+                    help="compiled steps compute each layer's query/key/value projections as one product, and gate/up as one "
+                         "(vlmkit.generation.fuse_projections): 'auto' (default) as vlmkit decides (on a GPU), 'on', 'off', or 'both': "
+                         "the reference part's vlmkit rows without and with it, side by side, the other parts as the last")
     ap.add_argument('--freezing', action='store_true',
                     help="exploration: compiled steps freeze the weights as constants, their projections that read one input fused "
                          "into one GEMM each (torch._inductor.config.freezing; only for weights that never change after compiling)")
@@ -376,9 +393,9 @@ def main():
     parts, families = args.parts.split(','), args.families.split(',')
     if bad := [p for p in parts if p not in ('reference', 'rollout', 'step', 'profile')]: ap.error(f"--parts: unknown {bad}")
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
-    from vlmkit.generation import CACHES, share_prompt_reads
+    from vlmkit.generation import CACHES, fuse_projections, share_prompt_reads
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
-    with share_prompt_reads(read_modes(args)[-1]): run(args, parts, families)   # 'both': the parts after the reference with it
+    with share_prompt_reads(read_modes(args)[-1]), fuse_projections(fuse_modes(args)[-1]): run(args, parts, families)   # 'both': the other parts with it
 
 def decode_tuning(spec:str) -> dict:
     "`--decode-tuning`: a JSON object, or a kernel sweep's --json file (the fastest tuning at its first positions)."
@@ -401,6 +418,8 @@ def run(args, parts, families):
     print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}"
           + {'auto': '', 'off': '; each row reads its own prompt copy', 'on': '; within share_prompt_reads()',
              'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
+          + {'auto': '', 'off': '; projections each their own product', 'on': '; within fuse_projections()',
+             'both': '; reference rows without and within fuse_projections()'}[args.fuse_projections]
           + ("; GEMMs autotuned" if args.max_autotune else "") + ("; weights frozen, projections fused" if args.freezing else "")
           + (f"; decode kernel {DECODE_TUNING}" if args.decode_tuning else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))

@@ -89,3 +89,15 @@ def test_grpo_reference_ways_side_by_side(tmp_path):
     assert [row['mode'] for row in rows] == ['transformers generate, 2 x G=2', 'vlmkit generate, 2 x G=2, static cache',
                                              'vlmkit generate, 2 x G=2, static cache, Inductor coordinate_descent_tuning=True'], rows
     assert all(row['same_greedy_float32'] == 4 for row in rows[1:]), rows
+
+def test_grpo_reference_fused_projections_side_by_side(tmp_path):
+    """bench/grpo_rollout_gpu.py --tiny --fuse-projections both: the reference part's compiled vlmkit rows without and with
+    fused projections (Inductor's C++ backend on a CPU), each with its greedy check."""
+    out = tmp_path/'fused.json'
+    script = ROOT/'bench'/'grpo_rollout_gpu.py'
+    r = run_forked(script_main(script), ['--tiny', '--parts', 'reference', '--plain', 'none', '--caches', 'compiled', '--fuse-projections', 'both',
+                                         '--json', out], cwd=ROOT, timeout=TIMEOUT, prog=str(script))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    rows = json.loads(out.read_text())['results']['reference']
+    assert [row['mode'] for row in rows] == ['vlmkit generate, 2 x G=2, compiled cache', 'vlmkit generate, 2 x G=2, compiled cache, fused projections'], rows
+    assert all(row['same_greedy_float32'] == 4 for row in rows), rows
