@@ -29,14 +29,8 @@ keys and values once a group; by default vlmkit reads them so where its Triton d
 without and with it, side by side in one run (the other parts with it).
 `--fuse-projections`: the same for `vlmkit.generation.fuse_projections()` (compiled steps compute each layer's
 query/key/value projections as one matrix product, and its gate/up projections as one; by default on a GPU).
-`--max-autotune`: compiled steps autotune their matrix products (at batch 32 the weights' GEMMs are about 1.9 ms of a
-5.3 ms step on an H100, where reading the weights takes 1.1 ms); the same parts with and without it, on one machine.
 `--inductor WAY ...`: the reference part's vlmkit rows once for each way of compiling (Inductor's settings, e.g.
 `max_autotune_gemm=True`; `default` is vlmkit's), side by side in one run.
-`--freezing`: an exploration, not vlmkit's way: Inductor treats the weights as constants (`torch._inductor.config.freezing`)
-and fuses the projections that read one input (query/key/value, gate/up) into one GEMM each. Right only for weights that
-never change after compiling (the reference LLM; not a policy in training), and it keeps a fused copy of them; it
-measures what fewer, larger GEMMs would give a step.
 
 Target (issue 18): >= 10x the 4 x G=8 plain-generate figure on the same card in rollout new tokens/s.
 
@@ -107,13 +101,9 @@ def vlmkit_generate(model, rows, n, cache, do_sample=True):
     sampling = dict(do_sample=True, temperature=1.0, top_k=None) if do_sample else {}
     return generate(model, list(rows), max_new_tokens=n, eos_token_id=[], pad_token_id=0, cache=cache, **sampling)
 
-def read_modes(args) -> list[bool|None]:
-    "The reference part's ways of reading a group's prompt (`--share-prompt-reads`): vlmkit's default, off, on, or off and on side by side."
-    return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[args.share_prompt_reads]
-
-def fuse_modes(args) -> list[bool|None]:
-    "The reference part's ways of computing sibling projections (`--fuse-projections`): vlmkit's default, off, on, or both side by side."
-    return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[args.fuse_projections]
+def switch_modes(choice:str) -> list[bool|None]:
+    "The settings an on/off flag's `choice` runs (`--share-prompt-reads`, `--fuse-projections`): vlmkit's default (None), off, on, or off and on side by side."
+    return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[choice]
 
 def parse_inductor(spec:str) -> dict:
     "`--inductor`'s one way: 'default' (no settings), or 'name=value,...' of `torch._inductor.config` (values as Python literals)."
@@ -148,8 +138,8 @@ def part_reference(args, device):
             row('transformers generate, 1 completion', 1, lambda: plain_generate(model, prompts[:1], n))
             row(f'transformers generate, G={args.group} in one call', args.group, lambda: plain_generate(model, rows[:args.group], n))
         if args.plain != 'none': row(f'transformers generate, {args.prompts} x G={args.group}', len(rows), lambda: plain_generate(model, rows, n))
-        variants = [(cache, shared, fused, spec) for cache in args.caches for shared in read_modes(args) for fused in fuse_modes(args)
-                    for spec in args.inductor]
+        variants = [(cache, shared, fused, spec) for cache in args.caches for shared in switch_modes(args.share_prompt_reads)
+                    for fused in switch_modes(args.fuse_projections) for spec in args.inductor]
         for cache, shared, fused, spec in variants:
             with share_prompt_reads(shared), fuse_projections(fused), inductor_settings(model, spec):
                 compiled = cache == 'compiled'
@@ -370,12 +360,6 @@ def main():
                     help="compiled steps compute each layer's query/key/value projections as one product, and gate/up as one "
                          "(vlmkit.generation.fuse_projections): 'auto' (default) as vlmkit decides (on a GPU), 'on', 'off', or 'both': "
                          "the reference part's vlmkit rows without and with it, side by side, the other parts as the last")
-    ap.add_argument('--freezing', action='store_true',
-                    help="exploration: compiled steps freeze the weights as constants, their projections that read one input fused "
-                         "into one GEMM each (torch._inductor.config.freezing; only for weights that never change after compiling)")
-    ap.add_argument('--max-autotune', action='store_true',
-                    help="compiled steps autotune their matrix products (torch._inductor.config.max_autotune_gemm: Triton templates "
-                         "tried against cuBLAS at the decode's skinny shapes; compiling takes longer)")
     ap.add_argument('--inductor', nargs='+', default=['default'],
                     help="ways to compile the reference part's vlmkit rows, side by side: 'default', or 'name=value,...' of "
                          "torch._inductor.config (e.g. max_autotune_gemm=True, combo_kernels=True, coordinate_descent_tuning=True)")
@@ -395,7 +379,7 @@ def main():
     if bad := [f for f in families if f not in FAMILY_LABELS]: ap.error(f"--families: unknown {bad}; choose from {', '.join(FAMILY_LABELS)}")
     from vlmkit.generation import CACHES, fuse_projections, share_prompt_reads
     if bad := [c for c in args.caches if c not in CACHES]: ap.error(f"--caches: unknown {bad}; choose from {', '.join(CACHES)}")
-    with share_prompt_reads(read_modes(args)[-1]), fuse_projections(fuse_modes(args)[-1]): run(args, parts, families)   # 'both': the other parts with it
+    with share_prompt_reads(switch_modes(args.share_prompt_reads)[-1]), fuse_projections(switch_modes(args.fuse_projections)[-1]): run(args, parts, families)   # 'both': the other parts with it
 
 def decode_tuning(spec:str) -> dict:
     "`--decode-tuning`: a JSON object, or a kernel sweep's --json file (the fastest tuning at its first positions)."
@@ -407,9 +391,6 @@ def run(args, parts, families):
     device = torch.device('cpu' if args.tiny or not torch.cuda.is_available() else 'cuda')
     dtype = torch.float32 if args.tiny else torch.bfloat16
     torch.set_default_dtype(dtype)
-    import torch._inductor.config as inductor_config
-    if args.freezing: inductor_config.freezing = True
-    if args.max_autotune: inductor_config.max_autotune_gemm = True
     if args.decode_tuning:
         from vlmkit.attention import DECODE_TUNING
         DECODE_TUNING.update(decode_tuning(args.decode_tuning))
@@ -420,7 +401,6 @@ def run(args, parts, families):
              'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
           + {'auto': '', 'off': '; projections each their own product', 'on': '; within fuse_projections()',
              'both': '; reference rows without and within fuse_projections()'}[args.fuse_projections]
-          + ("; GEMMs autotuned" if args.max_autotune else "") + ("; weights frozen, projections fused" if args.freezing else "")
           + (f"; decode kernel {DECODE_TUNING}" if args.decode_tuning else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
     save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))

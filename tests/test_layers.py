@@ -14,7 +14,7 @@ LAYERS = {
     # core (notebooks 00-09): family-independent machinery
     'vlmkit.boxes': 0, 'vlmkit.images': 0, 'vlmkit.video': 0, 'vlmkit.testing': 0, 'vlmkit.attention': 0,
     'vlmkit.resample': 0, 'vlmkit.conversation': 0, 'vlmkit.packing': 0, 'vlmkit.checkpointing': 0,
-    'vlmkit.generation': 0, 'vlmkit.family': 0,
+    'vlmkit.projections': 0, 'vlmkit.generation': 0, 'vlmkit.family': 0,
     'vlmkit.loss': 0, 'vlmkit.compiling': 0,  # core by DESIGN.md, though their notebooks are numbered 50 and 52
     # model families (10-29): one package each
     'vlmkit.ovis': 10, 'vlmkit.internvl': 10, 'vlmkit.qwen': 10,
