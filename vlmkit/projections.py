@@ -45,7 +45,8 @@ def _linear(m:nn.Module) -> nn.Linear|None:
 
 def sibling_sets(module:nn.Module) -> list[list[nn.Linear]]:
     """The sets of sibling linear layers in `module` (`SIBLINGS`: a parent's `q_proj`, `k_proj`, `v_proj`; its `gate_proj`,
-    `up_proj`; each a plain `nn.Linear` or a PEFT layer's `base_layer`) that can share one weight: same input size, dtype, device, all or no bias."""
+    `up_proj`; each a plain `nn.Linear` or a PEFT layer's `base_layer`) that can share one weight: same input size, dtype, device,
+    all or no bias, weights that are plain tensors (not a tensor subclass: a sharded `DTensor`, a quantized weight)."""
     sets = []
     for parent in module.modules():
         for names in SIBLINGS:
@@ -53,7 +54,7 @@ def sibling_sets(module:nn.Module) -> list[list[nn.Linear]]:
             if any(l is None for l in layers): continue
             w = [l.weight for l in layers]
             if (len({(x.shape[1], x.dtype, x.device) for x in w}) == 1 and not w[0].is_meta
-                and len({l.bias is None for l in layers}) == 1): sets.append(layers)
+                and all(type(x.data) is torch.Tensor for x in w) and len({l.bias is None for l in layers}) == 1): sets.append(layers)
     return sets
 
 def _parts(layers) -> list[tuple[int, int]]:
