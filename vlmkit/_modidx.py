@@ -154,6 +154,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'vlmkit.cli._add_model_flags': ('cli.html#_add_model_flags', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_refcoco_io': ('cli.html#_add_refcoco_io', 'vlmkit/cli.py'),
                             'vlmkit.cli._add_teacher_flags': ('cli.html#_add_teacher_flags', 'vlmkit/cli.py'),
+                            'vlmkit.cli._add_tools_flag': ('cli.html#_add_tools_flag', 'vlmkit/cli.py'),
                             'vlmkit.cli._chat_kwargs': ('cli.html#_chat_kwargs', 'vlmkit/cli.py'),
                             'vlmkit.cli._error': ('cli.html#_error', 'vlmkit/cli.py'),
                             'vlmkit.cli._field_type': ('cli.html#_field_type', 'vlmkit/cli.py'),

@@ -116,9 +116,12 @@ def _add_model_flags(p):
     p.add_argument('--max-new-tokens', type=int, default=256, metavar='N', help="longest reply, in tokens (default: 256)")
     p.add_argument('--thinking', action=argparse.BooleanOptionalAction, default=None, help="thinking on or off, where the family has the switch (default: the family's)")
     p.add_argument('--budget', type=int, metavar='N', help="thinking budget in tokens, where the family has one")
+    _add_tools_flag(p)
+    _add_cache_flag(p)
+
+def _add_tools_flag(p):
     p.add_argument('--tools', type=_tools_flag, metavar='crop[:SPACE]', help="run the crop tool on the model's calls, its boxes in the "
                    "family's grounding space, or in SPACE: pixel (models trained on vlmkit's crop-tool data, R-GRPO's default), unit, k1000, resized_pixel")
-    _add_cache_flag(p)
 
 def _tools_flag(s:str) -> str:
     "`--tools`: 'crop' or 'crop:SPACE' (`vlmkit.tools.named_tools`, whose family is the model's), checked here."
@@ -425,8 +428,7 @@ def _add_eval(sub):
     p.add_argument('--out', required=True, metavar='DIR', help="output folder")
     p.add_argument('--batch-size', type=int, default=8, metavar='N', help="prompts decoded together (default: 8)")
     p.add_argument('--max-new-tokens', type=int, default=64, metavar='N', help="longest answer, in tokens (default: 64)")
-    p.add_argument('--crop-tool', metavar='SPACE', help="run the crop tool at each call the model makes (R-GRPO models), its boxes in SPACE: "
-                   "pixel (R-GRPO's rollouts' default), unit, k1000, resized_pixel, or a family's name for its grounding space (default: no tools)")
+    _add_tools_flag(p)
     _add_cache_flag(p)
     p.add_argument('--device', metavar='DEVICE', help="torch device (default: cuda when available, else cpu)")
     p.add_argument('--no-progress', dest='progress', action='store_false', help="no progress bar")
@@ -436,7 +438,7 @@ def eval_refcoco_main(args:argparse.Namespace) -> int:
     from vlmkit.grounding import eval_refcoco, read_results, table_markdown
     splits = [s for s in args.split.split(',') if s.strip()] if args.split else None
     try: rows = eval_refcoco(args.model, args.data, args.out, splits, args.images, args.batch_size, args.max_new_tokens,
-                             device=args.device, progress=args.progress, cache=args.cache, crop_tool=args.crop_tool)
+                             device=args.device, progress=args.progress, cache=args.cache, tools=args.tools)
     except (FileNotFoundError, ValueError) as e:
         print(f"vlmkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

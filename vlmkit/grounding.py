@@ -16,7 +16,7 @@ from .generation import split_thinking
 from .images import ImageLoadError
 from .refcoco import SPLITS, Ref
 from .rollout import rollout
-from .tools import Tools, default_tools
+from .tools import Tools, named_tools
 
 # %% auto #0
 __all__ = ['grounding_conversation', 'first_box', 'grounding_record', 'score_answer', 'evaluate_grounding', 'read_results',
@@ -239,15 +239,16 @@ def load_splits(root, splits=None, image_root=None) -> list[Ref]:
     return refs
 
 def eval_refcoco(model:str, data, out, splits=None, images=None, batch_size:int=8, max_new_tokens:int=64, device=None,
-                 dtype=None, progress:bool=True, cache:str='dynamic', crop_tool:str|None=None) -> list[dict]:
+                 dtype=None, progress:bool=True, cache:str='dynamic', tools:str|Tools|None=None) -> list[dict]:
     """Evaluate checkpoint (or 'tiny:FAMILY') `model` on `splits` of the data root `data`; writes `out`/results.jsonl, table.md,
-    failures.jsonl (resuming) and returns the table's rows. `crop_tool`: the space of the crop tool's boxes (`pixel`, R-GRPO's
-    rollouts' default, or a space or family name, see `vlmkit.tools.crop_space`), run at each call the model makes."""
-    tools = None if crop_tool is None else default_tools(crop_tool)
+    failures.jsonl (resuming) and returns the table's rows. `tools`, run at each call the model makes, as `chat` takes them
+    (`vlmkit.tools.named_tools`): 'crop' (boxes in the family's grounding space), 'crop:SPACE' ('crop:pixel' for R-GRPO's
+    models), a `Tools` registry, or None."""
+    if tools != 'crop': named_tools(tools)             # a bad space or name fails here, before the model loads ('crop' needs its family)
     data, out = Path(data), Path(out)
     image_root = Path(images) if images is not None else data/'images' if (data/'images').is_dir() else None
     refs = load_splits(data, [parse_split(s) if isinstance(s, str) else s for s in splits] if splits else None, image_root)
     fam, m, processor = load_model(model, device, dtype)
     results = evaluate_grounding(m, processor, refs, out=out/'results.jsonl', family=fam, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, progress=progress, cache=cache, tools=tools)
+                                 max_new_tokens=max_new_tokens, progress=progress, cache=cache, tools=named_tools(tools, fam))
     return write_report(results, out)
