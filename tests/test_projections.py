@@ -23,3 +23,21 @@ def test_family_rollouts_with_fused_projections_are_those_without():
         for a, b in zip(plain, fused):
             assert a.rendered.input_ids.tolist() == b.rendered.input_ids.tolist(), name
             assert (a.old_logprobs - b.old_logprobs).abs().max().item() < 1e-4, name
+
+def test_compiled_lora_decode_with_fused_projections_is_the_plain_decode():
+    """With LoRA on every projection, compiled decode steps (Inductor's C++ backend here) with fused projections give the
+    plain decode's tokens: PEFT's base layers are the ones fused, the adapters' products added to each part."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from vlmkit.generation import fuse_projections, generate
+    cfg = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16)
+    cfg._attn_implementation = 'sdpa'
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj'], init_lora_weights=False)
+    model = get_peft_model(Qwen3ForCausalLM(cfg).eval(), lora).eval()
+    ids = torch.randint(0, 128, (4, 9))
+    plain = generate(model, ids, max_new_tokens=6, eos_token_id=[], pad_token_id=0)
+    with fuse_projections(True): fused = generate(model, ids, max_new_tokens=6, eos_token_id=[], pad_token_id=0, cache='compiled')
+    assert torch.equal(fused, plain)
+    assert sum(isinstance(m, FusedPartLinear) for m in model.modules()) == 2 * 5    # 2 layers x q, k, v, gate, up (PEFT's base layers)
