@@ -251,8 +251,7 @@ def part_profile(args, device):
     """vlmkit generate of the reference batch with the last of `--caches`: wall ms a step, the attention kernels' GPU ms a step
     (torch.profiler, CUDA only), and the model's step alone on a static cache (no sampling, no bookkeeping, no prefill)."""
     from torch.profiler import ProfilerActivity, profile
-    from vlmkit.generation import cache_size, compiled_step, free_static_caches, fuses_projections, shared_prefix_kwargs, static_cache
-    from vlmkit.projections import fuse_sibling_weights, fused_products
+    from vlmkit.generation import cache_size, decode_step_fn, free_static_caches, shared_prefix_kwargs, static_cache
     model, cache, n = reference_llm(args.tiny, device), args.caches[-1], args.new_tokens
     _, rows = reference_batch(model, args, device)
     run = lambda: vlmkit_generate(model, rows, n, cache)
@@ -270,16 +269,13 @@ def part_profile(args, device):
         if cuda: print('  busiest kernels, ms a step:\n    ' + '\n    '.join(busiest), flush=True)
         alone = None
         if cache != 'dynamic':                                      # the step by itself: what the loop around it adds is the rest
-            step = compiled_step(model) if cache == 'compiled' else model
+            step = decode_step_fn(model, cache)                      # as the loop's steps call it (projections fused or not)
             kv, size = static_cache(model, len(rows), cache_size(args.prompt_len + n))
             ids, mask = rows[:, :1], torch.ones(len(rows), size, dtype=torch.long, device=device)
             pos = torch.full((len(rows), 1), args.prompt_len, device=device)
             # within share_prompt_reads (--share-prompt-reads), each group's prompt read once, as the loop's steps read it
             shared = shared_prefix_kwargs(model, [i // args.group for i in range(len(rows))], args.prompt_len, cache == 'compiled')
-            fused = fuses_projections(model, cache == 'compiled')      # and its projections computed as the loop's steps compute them
-            if fused: fuse_sibling_weights(model)
-            def one():
-                with fused_products(fused): return step(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, past_key_values=kv, **shared)
+            one = lambda: step(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, past_key_values=kv, **shared)
             for _ in range(3): one()
             _, t = timed(lambda: [one() for _ in range(20)])
             alone = t / 20 * 1e3

@@ -571,6 +571,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'vlmkit.generation.collect': ('generation.html#collect', 'vlmkit/generation.py'),
                                    'vlmkit.generation.compiled_step': ('generation.html#compiled_step', 'vlmkit/generation.py'),
                                    'vlmkit.generation.continue_cache': ('generation.html#continue_cache', 'vlmkit/generation.py'),
+                                   'vlmkit.generation.decode_step_fn': ('generation.html#decode_step_fn', 'vlmkit/generation.py'),
                                    'vlmkit.generation.decode_steps': ('generation.html#decode_steps', 'vlmkit/generation.py'),
                                    'vlmkit.generation.forget_compiled_steps': ( 'generation.html#forget_compiled_steps',
                                                                                 'vlmkit/generation.py'),

@@ -22,10 +22,10 @@ __all__ = ['THOUGHT', 'FORCED', 'ANSWER', 'NO_TOKEN', 'ROPE_INDEX_HOOKS', 'CACHE
            'split_inputs', 'batch_inputs', 'text_positions', 'prefill_ids', 'prefill_rope_index', 'whole_model',
            'GenerationHooks', 'check_cache', 'cache_size', 'batch_bucket', 'static_cache', 'free_static_caches',
            'new_cache', 'compiled_step', 'forget_compiled_steps', 'share_prefill', 'prefix_group', 'share_prompt_reads',
-           'reads_prompts_once', 'fuse_projections', 'fuses_projections', 'shared_prefix_kwargs', 'DecodeState',
-           'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation', 'collect',
-           'generation_default', 'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline', 'IncrementalDecoder',
-           'stream_text', 'stream_generate', 'split_thinking']
+           'reads_prompts_once', 'fuse_projections', 'fuses_projections', 'decode_step_fn', 'shared_prefix_kwargs',
+           'DecodeState', 'kept_groups', 'continue_cache', 'RowEnds', 'HostCopy', 'decode_steps', 'Generation',
+           'collect', 'generation_default', 'repeated_prompts', 'BatchDecoder', 'generate', 'plot_timeline',
+           'IncrementalDecoder', 'stream_text', 'stream_generate', 'split_thinking']
 
 # %% ../nbs/09_generation.ipynb #e4b7c03c
 THOUGHT, FORCED, ANSWER, NO_TOKEN = 0, 1, 2, -1  # what each position of a generation is, for plots and splits
@@ -313,6 +313,18 @@ def fuses_projections(module, compiled:bool=True) -> bool:
     "Do decode steps of `module` (`compiled`: through `compiled_step`) compute sibling projections as one product each (`fuse_projections`)."
     return compiled and (_device(module).type == 'cuda' if _fuse_projections is None else _fuse_projections)
 
+def decode_step_fn(module, cache:str):
+    """The function a decode step of `module` calls with cache `cache`: `module` itself, or for 'compiled' its
+    `compiled_step`, which, where its steps fuse projections (`fuses_projections`), runs within `fused_products()` on
+    weights fused by `fuse_sibling_weights` (now: again for sets whose parameters were replaced since the last decode)."""
+    if cache != 'compiled': return module
+    step = compiled_step(module)
+    if not fuses_projections(module): return step
+    fuse_sibling_weights(module)
+    def fused_step(*args, **kwargs):
+        with fused_products(): return step(*args, **kwargs)
+    return fused_step
+
 def shared_prefix_kwargs(module, prefix_of:list, slots:int, compiled:bool) -> dict:
     """The forward kwargs by which a decode step's attention reads each group's shared first `slots` cache slots once
     (`shared_prefix`, see `vlmkit.attention`), or {} where `module`'s steps read each row's own copy (`reads_prompts_once`),
@@ -460,9 +472,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
     else:
         out = module(**first, attention_mask=rows_mask, use_cache=True, logits_to_keep=1, **{key: kv})
         logits = out.logits[:, -1]
-    mask, step_fn = rows_mask, compiled_step(module) if cache == 'compiled' else module
-    fuse = fuses_projections(module, cache == 'compiled')
-    if fuse: fuse_sibling_weights(module)                 # once; again for sets whose parameters were replaced since
+    mask, step_fn = rows_mask, decode_step_fn(module, cache)
     if past is None: prefix_of, prefix_slots = prompt_of, ids.shape[1]
     else: prefix_of, prefix_slots = (None, 0) if past.prefix_of is None else ([past.prefix_of[p] for p in past_of], past.prefix_slots)
     shared_kw = {} if prefix_of is None else shared_prefix_kwargs(module, prefix_of, prefix_slots, cache == 'compiled')
@@ -480,8 +490,7 @@ def decode_steps(model, rows:list[torch.Tensor], schedules:list[RowSchedule], pi
             if size is None: mask = torch.cat([mask, took[:, None].to(mask.dtype)], 1)
             else: mask[:, end] = took
             end, pos = end + 1, pos + 1
-            with fused_products(fuse):
-                out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}, **shared_kw)
+            out = step_fn(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: kv}, **shared_kw)
         tokens, live = copied()                       # the host's copy, read while the forward runs
         live = [bool(l) for l in live]
         for s, t, l in zip(schedules, tokens, live):

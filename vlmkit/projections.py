@@ -4,6 +4,7 @@
 
 # %% ../nbs/08b_projections.ipynb #28684f5d
 from __future__ import annotations
+import itertools
 from contextlib import contextmanager
 import torch, torch.nn.functional as F
 from torch import nn
@@ -58,7 +59,8 @@ def sibling_sets(module:nn.Module) -> list[list[nn.Linear]]:
     return sets
 
 def _parts(layers) -> list[tuple[int, int]]:
-    ends = torch.tensor([l.out_features for l in layers]).cumsum(0).tolist()
+    "Each layer's rows `(lo, hi)` of its set's weight."
+    ends = list(itertools.accumulate(l.out_features for l in layers))
     return list(zip([0] + ends[:-1], ends))
 
 def shares_fused_weights(layers:list[nn.Linear]) -> bool:
