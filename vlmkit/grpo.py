@@ -264,7 +264,7 @@ class GRPOConfig(RunConfig):
     temperature: float = opt(1.0, "sampling temperature (the loss's log-probs use it too)")
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int|None = opt(None, "top-k sampling")
-    rollout_cache: str = opt('dynamic', "the decode engine's KV cache: dynamic, static, or compiled (static, steps through torch.compile: CUDA graphs on a GPU; rollouts 1.5-3x the dynamic cache's on an H100, bench/RESULTS.md; compiled in the first step, its static cache kept between steps)")
+    rollout_cache: str = opt('dynamic', "the decode engine's KV cache: dynamic, static, or compiled (static, steps through torch.compile: CUDA graphs on a GPU; rollouts 1.5-3x the dynamic cache's on an H100, bench/RESULTS.md; compiled in the first step, which took 163 s for an Ovis2.5-2B-shaped model on an H100; its static cache kept between steps)")
     rollout_reuse_cache: bool = opt(True, "after a tool call a rollout goes on from its KV cache, prefilling only the tool's result and the text around it (--no-rollout-reuse-cache: its whole trajectory prefilled again)")
     epsilon: float = opt(0.2, "lower clip: the ratio is clipped at 1 - epsilon")
     epsilon_high: float|None = opt(None, "upper clip at 1 + epsilon_high (DAPO's clip-higher, e.g. 0.28); epsilon when left out")
