@@ -105,6 +105,10 @@ def switch_modes(choice:str) -> list[bool|None]:
     "The settings an on/off flag's `choice` runs (`--share-prompt-reads`, `--fuse-projections`): vlmkit's default (None), off, on, or off and on side by side."
     return {'auto': [None], 'off': [False], 'on': [True], 'both': [False, True]}[choice]
 
+def switch_note(choice:str, name:str, off:str) -> str:
+    "The run's header note for an on/off flag's `choice`, the setting `name` of `vlmkit.generation`, `off` what 'off' means."
+    return {'auto': '', 'off': f'; {off}', 'on': f'; within {name}()', 'both': f'; reference rows without and within {name}()'}[choice]
+
 def parse_inductor(spec:str) -> dict:
     "`--inductor`'s one way: 'default' (no settings), or 'name=value,...' of `torch._inductor.config` (values as Python literals)."
     if spec == 'default': return {}
@@ -123,8 +127,14 @@ def inductor_settings(model, spec:str):
         model.__dict__['_bench_inductor'] = spec
     with config.patch(parse_inductor(spec)): yield
 
+@contextmanager
+def reference_way(model, shared, fused, spec):
+    "Within the block vlmkit decodes `model` as one of the reference part's variants: prompt reads, projections, Inductor way."
+    from vlmkit.generation import fuse_projections, share_prompt_reads
+    with share_prompt_reads(shared), fuse_projections(fused), inductor_settings(model, spec): yield
+
 def part_reference(args, device):
-    from vlmkit.generation import fuse_projections, fuses_projections, reads_prompts_once, share_prompt_reads
+    from vlmkit.generation import fuses_projections, reads_prompts_once
     model = reference_llm(args.tiny, device)
     prompts, rows = reference_batch(model, args, device)
     n, out = args.new_tokens, []
@@ -141,7 +151,7 @@ def part_reference(args, device):
         variants = [(cache, shared, fused, spec) for cache in args.caches for shared in switch_modes(args.share_prompt_reads)
                     for fused in switch_modes(args.fuse_projections) for spec in args.inductor]
         for cache, shared, fused, spec in variants:
-            with share_prompt_reads(shared), fuse_projections(fused), inductor_settings(model, spec):
+            with reference_way(model, shared, fused, spec):
                 compiled = cache == 'compiled'
                 row(f'vlmkit generate, {args.prompts} x G={args.group}, {cache} cache' + (', shared prompt reads' if reads_prompts_once(model, compiled) else '')
                     + (', fused projections' if fuses_projections(model, compiled) else '')
@@ -150,7 +160,7 @@ def part_reference(args, device):
             model.to(dtype)
             greedy = plain_generate(model, rows, n, do_sample=False)
             for r, (cache, shared, fused, spec) in zip(out[-len(variants):], variants):
-                with share_prompt_reads(shared), fuse_projections(fused), inductor_settings(model, spec): ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
+                with reference_way(model, shared, fused, spec): ours = vlmkit_generate(model, rows, n, cache, do_sample=False)
                 r[f'same_greedy_{dtype_name(dtype)}'], r[f'diverge_{dtype_name(dtype)}'] = agreement(ours, greedy)
                 print(f"    {r['mode'].split(', ', 2)[-1]}, {dtype_name(dtype)}: greedy rows identical to transformers': "
                       f"{r[f'same_greedy_{dtype_name(dtype)}']} of {len(rows)} (median first difference at token {r[f'diverge_{dtype_name(dtype)}']})", flush=True)
@@ -393,10 +403,8 @@ def run(args, parts, families):
     card = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     import transformers
     print(f"{card}; torch {torch.__version__}, transformers {transformers.__version__}; {dtype}"
-          + {'auto': '', 'off': '; each row reads its own prompt copy', 'on': '; within share_prompt_reads()',
-             'both': '; reference rows without and within share_prompt_reads()'}[args.share_prompt_reads]
-          + {'auto': '', 'off': '; projections each their own product', 'on': '; within fuse_projections()',
-             'both': '; reference rows without and within fuse_projections()'}[args.fuse_projections]
+          + switch_note(args.share_prompt_reads, 'share_prompt_reads', 'each row reads its own prompt copy')
+          + switch_note(args.fuse_projections, 'fuse_projections', 'projections each their own product')
           + (f"; decode kernel {DECODE_TUNING}" if args.decode_tuning else ""), flush=True)
     res, t0, workdir = {}, time.perf_counter(), Path(tempfile.mkdtemp(prefix='grpo_rollout_'))
     save = lambda: args.json and Path(args.json).write_text(json.dumps(dict(card=card, args=vars(args), results=res), indent=1))
